@@ -1,0 +1,157 @@
+//! `runner-agent check`: preflight checks, one line each, exit 1 if any
+//! failed.
+
+use crate::config::Settings;
+use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION, TAG_INITIAL_RUN_ID};
+use crate::runner::install;
+use std::path::Path;
+use std::process::ExitCode;
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, name: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => println!("ok    {name}: {detail}"),
+            Err(reason) => {
+                self.failed += 1;
+                println!("FAIL  {name}: {reason}");
+            }
+        }
+    }
+}
+
+pub async fn run(config: &Path) -> ExitCode {
+    let mut report = Report { failed: 0 };
+    let settings = match Settings::load(config) {
+        Ok(s) => {
+            report.line("config", Ok(config.display().to_string()));
+            s
+        }
+        Err(e) => {
+            report.line("config", Err(e.to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
+    report.line(
+        "runner user",
+        crate::runner::user::RunnerUser::resolve(settings.runner.user.as_deref())
+            .map(|u| {
+                u.map_or("the agent's own user".into(), |u| {
+                    format!("{} (uid {})", u.name, u.uid)
+                })
+            })
+            .map_err(|e| e.to_string()),
+    );
+    report.line("state dir", writable(&settings.state_dir));
+    report.line("runner dir", runner_dir(&settings));
+
+    let imds = Imds::from_env();
+    let identity = crate::agent::identity_once(&imds).await;
+    match identity {
+        Err(e) => report.line("imds", Err(format!("{e:#}"))),
+        Ok(id) => {
+            report.line(
+                "imds",
+                Ok(format!("instance {} in {}", id.instance_id, id.region)),
+            );
+            report.line(
+                "tag InitialRunId",
+                id.initial_run_id.clone().ok_or_else(|| {
+                    format!(
+                        "instance has no {TAG_INITIAL_RUN_ID} tag: no boot signal can be written"
+                    )
+                }),
+            );
+            let tags = match imds.tag_source().await {
+                Ok(TagSource::Metadata(_)) => "instance-metadata tags on".to_owned(),
+                Ok(TagSource::Ec2Api) => {
+                    "instance-metadata tags off; the agent asks ec2:DescribeTags".to_owned()
+                }
+                Err(e) => e.to_string(),
+            };
+            let allow = imds.tag(TAG_ALLOW_SELF_TERMINATION).await.ok().flatten();
+            report.line(
+                "tag AllowSelfTermination",
+                Ok(format!(
+                    "{} ({tags})",
+                    allow
+                        .as_deref()
+                        .unwrap_or("not set: the agent will never terminate this instance")
+                )),
+            );
+            let sdk = crate::agent::aws_config(&id.region).await;
+            let table = crate::table::Table::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                &settings.table,
+                &id.instance_id,
+            );
+            report.line(
+                "table",
+                match table.read_instance(false).await {
+                    Ok(Some(r)) => Ok(format!(
+                        "{}: instance record found (state {:?})",
+                        settings.table,
+                        r.state.unwrap_or_default()
+                    )),
+                    Ok(None) => Ok(format!(
+                        "{}: readable; no instance record yet",
+                        settings.table
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
+    }
+    if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        println!("{} check(s) failed", report.failed);
+        ExitCode::FAILURE
+    }
+}
+
+fn writable(dir: &Path) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let probe = dir.join(".check");
+    std::fs::write(&probe, b"").map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(dir.display().to_string())
+}
+
+fn runner_dir(settings: &Settings) -> Result<String, String> {
+    let dir = &settings.runner.install_dir;
+    let version = &settings.runner.version;
+    match install::installed_version(dir) {
+        Some(v) if &v == version => {
+            for script in ["config.sh", "run.sh"] {
+                if !dir.join(script).is_file() {
+                    return Err(format!("{} lacks {script}", dir.display()));
+                }
+            }
+            Ok(format!("{} holds runner {v}", dir.display()))
+        }
+        other => {
+            let arch = install::runner_arch();
+            let digest = if settings.runner.sha256.is_some() {
+                "pinned in config"
+            } else if install::known_digest(version, arch).is_some() {
+                "from the built-in table"
+            } else if settings.runner.release_api_url.is_some() {
+                "from the release API"
+            } else {
+                return Err(format!(
+                    "runner {version} is not installed in {} and no SHA-256 is known for it: set runner.sha256",
+                    dir.display()
+                ));
+            };
+            Ok(format!(
+                "{} holds {}; {version} will be downloaded (checksum {digest})",
+                dir.display(),
+                other.unwrap_or_else(|| "nothing".into())
+            ))
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Instance metadata over IMDSv2, through `aws_config::imds` (token flow,
+//! refresh on 401, endpoint from `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+//! A 404 means "not set" and comes back as `None`, never as an error.
+
+use aws_config::imds::client::error::ImdsError;
+use aws_config::imds::Client;
+use std::time::Duration;
+
+pub const TAG_INITIAL_RUN_ID: &str = "InitialRunId";
+pub const TAG_ALLOW_SELF_TERMINATION: &str = "AllowSelfTermination";
+
+/// IMDS answers in well under a millisecond on a real instance; these bound
+/// a hung endpoint. The client retries (3 attempts, exponential back-off
+/// from the SDK's standard retry strategy) within `OPERATION_TIMEOUT`.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("instance metadata {path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: ImdsError,
+    },
+    #[error("instance metadata {path}: not set (404)")]
+    Missing { path: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Imds {
+    client: Client,
+}
+
+/// Where the instance's tags can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagSource {
+    /// Instance-metadata tags are on; these are the tag keys.
+    Metadata(Vec<String>),
+    /// Instance-metadata tags are off (the listing is 404): ask EC2.
+    Ec2Api,
+}
+
+impl Imds {
+    /// A client for the standard endpoint, or the one named by
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` (tests use a loopback fake).
+    pub fn from_env() -> Imds {
+        let client = Client::builder()
+            .max_attempts(3)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        Imds { client }
+    }
+
+    /// GETs `/latest/<path>`; 404 is `Ok(None)`.
+    pub async fn get(&self, path: &str) -> Result<Option<String>, MetadataError> {
+        let full = format!("/latest/{path}");
+        match self.client.get(full.clone()).await {
+            Ok(value) => Ok(Some(value.as_ref().to_owned())),
+            Err(ImdsError::ErrorResponse(e)) if e.response().status().as_u16() == 404 => Ok(None),
+            Err(source) => Err(MetadataError::Unreadable { path: full, source }),
+        }
+    }
+
+    async fn get_required(&self, path: &str) -> Result<String, MetadataError> {
+        self.get(path).await?.ok_or_else(|| MetadataError::Missing {
+            path: format!("/latest/{path}"),
+        })
+    }
+
+    pub async fn instance_id(&self) -> Result<String, MetadataError> {
+        self.get_required("meta-data/instance-id")
+            .await
+            .map(|s| s.trim().to_owned())
+    }
+
+    pub async fn region(&self) -> Result<String, MetadataError> {
+        self.get_required("meta-data/placement/region")
+            .await
+            .map(|s| s.trim().to_owned())
+    }
+
+    pub async fn tag_source(&self) -> Result<TagSource, MetadataError> {
+        Ok(match self.get("meta-data/tags/instance").await? {
+            Some(list) => TagSource::Metadata(
+                list.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => TagSource::Ec2Api,
+        })
+    }
+
+    /// One instance tag from metadata; `None` when the instance lacks it.
+    pub async fn tag(&self, key: &str) -> Result<Option<String>, MetadataError> {
+        self.get(&format!("meta-data/tags/instance/{key}")).await
+    }
+
+    /// The pending spot interruption notice (its JSON), if any.
+    pub async fn spot_instance_action(&self) -> Result<Option<String>, MetadataError> {
+        self.get("meta-data/spot/instance-action").await
+    }
+}

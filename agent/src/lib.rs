@@ -1,0 +1,19 @@
+//! runner-agent: the on-instance agent of a self-hosted GitHub Actions
+//! runner pool on EC2 (the pool protocol of
+//! fleet-actions/ec2-runner-pool-manager).
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod expiry;
+pub mod heartbeat;
+pub mod imds;
+pub mod lifecycle;
+pub mod logging;
+pub mod notify;
+pub mod prerunner;
+pub mod protocol;
+pub mod runner;
+pub mod spot;
+pub mod state;
+pub mod table;

@@ -1,0 +1,342 @@
+//! Driving `actions/runner`: `config.sh` to register and deregister, and
+//! `run.sh` as a supervised child in its own process group.
+
+pub mod install;
+pub mod tree;
+pub mod user;
+
+use crate::config::Settings;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use user::RunnerUser;
+
+/// Files the runner writes when configured; all of them must be gone
+/// before it can be configured again.
+const REGISTRATION_FILES: &[&str] = &[
+    ".runner",
+    ".credentials",
+    ".credentials_rsaparams",
+    ".runner_migrated",
+    ".credentials_migrated",
+];
+
+/// Where the agent keeps its job hooks inside the runner directory (owned
+/// by the runner user, so the hooks can write the marker).
+const HOOK_DIR: &str = ".runner-agent";
+const JOB_MARKER: &str = "job-active";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {status}")]
+    Failed {
+        what: &'static str,
+        status: ExitStatus,
+    },
+    #[error("writing job hooks in {path}: {source}")]
+    Hooks {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerControl {
+    dir: PathBuf,
+    user: Option<RunnerUser>,
+    allow_root: bool,
+    github_url: String,
+    stop_timeout: Duration,
+    extra_labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveOutcome {
+    /// GitHub deleted the runner.
+    Server,
+    /// Only the local registration files were removed; the runner stays
+    /// offline on GitHub until GitHub drops it, as with the bash agent.
+    LocalOnly,
+}
+
+impl RunnerControl {
+    pub fn new(settings: &Settings, user: Option<RunnerUser>) -> RunnerControl {
+        RunnerControl {
+            dir: settings.runner.install_dir.clone(),
+            user,
+            allow_root: settings.runner.allow_run_as_root,
+            github_url: settings.github.url(),
+            stop_timeout: settings.runner.stop_timeout,
+            extra_labels: settings.runner.labels_extra.clone(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.dir.join(".runner").exists()
+    }
+
+    fn hook_dir(&self) -> PathBuf {
+        self.dir.join(HOOK_DIR)
+    }
+
+    /// Whether a job is running, as told by the runner's job hooks.
+    pub fn job_active(&self) -> bool {
+        self.hook_dir().join(JOB_MARKER).exists()
+    }
+
+    pub fn clear_job_marker(&self) {
+        let _ = std::fs::remove_file(self.hook_dir().join(JOB_MARKER));
+    }
+
+    /// Writes the job-started / job-completed hook scripts the runner runs
+    /// around each job (`ACTIONS_RUNNER_HOOK_JOB_*`).
+    pub fn write_hooks(&self) -> Result<(), RunnerError> {
+        let dir = self.hook_dir();
+        let err = |source| RunnerError::Hooks {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let marker = dir.join(JOB_MARKER);
+        let started = format!(
+            "#!/bin/bash\n# Written by runner-agent: a job runs, so the agent polls DynamoDB slowly.\ndate -u +%s > '{}'\n",
+            marker.display()
+        );
+        let completed = format!(
+            "#!/bin/bash\n# Written by runner-agent: the job is over, so the agent watches for release closely.\nrm -f '{}'\n",
+            marker.display()
+        );
+        for (name, body) in [("job-started.sh", started), ("job-completed.sh", completed)] {
+            crate::state::write_atomically(&dir.join(name), body.as_bytes(), 0o755).map_err(err)?;
+        }
+        if let Some(user) = &self.user {
+            user.chown_tree(&dir).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn command(&self, script: &str) -> Command {
+        let mut command = Command::new(self.dir.join(script));
+        command
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (name, _) in std::env::vars_os() {
+            if name
+                .to_str()
+                .is_some_and(|n| n.to_ascii_uppercase().starts_with("ACTIONS_RUNNER_INPUT_"))
+            {
+                command.env_remove(name);
+            }
+        }
+        match &self.user {
+            Some(user) => user.apply(&mut command),
+            None if self.allow_root && user::running_as_root() => {
+                command.env("RUNNER_ALLOW_RUNASROOT", "1");
+            }
+            None => {}
+        }
+        command
+    }
+
+    fn spawn(&self, mut command: Command, script: &'static str) -> Result<Child, RunnerError> {
+        let mut child = command.spawn().map_err(|source| RunnerError::Spawn {
+            program: self.dir.join(script),
+            source,
+        })?;
+        forward_output(script, child.stdout.take());
+        forward_output(script, child.stderr.take());
+        Ok(child)
+    }
+
+    async fn run_to_end(
+        &self,
+        mut command: Command,
+        script: &'static str,
+        what: &'static str,
+    ) -> Result<(), RunnerError> {
+        // If the caller gives up (the agent is stopping), kill the script.
+        command.kill_on_drop(true);
+        let mut child = self.spawn(command, script)?;
+        let status = child.wait().await.map_err(|source| RunnerError::Spawn {
+            program: self.dir.join(script),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(RunnerError::Failed { what, status })
+        }
+    }
+
+    /// `config.sh` for one registration. The token travels in
+    /// `ACTIONS_RUNNER_INPUT_TOKEN`, never on the command line.
+    pub async fn configure(
+        &self,
+        token: &str,
+        name: &str,
+        run_id: &str,
+    ) -> Result<(), RunnerError> {
+        let mut labels = run_id.to_owned();
+        for extra in &self.extra_labels {
+            labels.push(',');
+            labels.push_str(extra);
+        }
+        let mut command = self.command("config.sh");
+        command
+            .args([
+                "--url",
+                &self.github_url,
+                "--name",
+                name,
+                "--labels",
+                &labels,
+            ])
+            .args(["--no-default-labels", "--disableupdate", "--unattended"])
+            .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
+        self.run_to_end(command, "config.sh", "config.sh").await
+    }
+
+    /// Deregisters: `config.sh remove` with the token when there is one (the
+    /// control plane only publishes registration tokens; GitHub may refuse
+    /// them for removal), else or then `config.sh remove --local`, so the
+    /// next registration starts clean whatever GitHub said.
+    pub async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
+        if let Some(token) = token {
+            let mut command = self.command("config.sh");
+            command
+                .args(["remove", "--unattended"])
+                .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
+            match self
+                .run_to_end(command, "config.sh", "config.sh remove")
+                .await
+            {
+                Ok(()) if !self.is_configured() => return Ok(RemoveOutcome::Server),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing the runner from GitHub failed; removing the local registration only")
+                }
+            }
+        }
+        let mut command = self.command("config.sh");
+        command.args(["remove", "--local"]);
+        let local = self
+            .run_to_end(command, "config.sh", "config.sh remove --local")
+            .await;
+        // Older runners lack --local; the files are all it removes anyway.
+        for file in REGISTRATION_FILES {
+            let _ = std::fs::remove_file(self.dir.join(file));
+        }
+        if let Err(e) = local {
+            tracing::warn!(error = %e, "config.sh remove --local failed; deleted the registration files directly");
+        }
+        Ok(RemoveOutcome::LocalOnly)
+    }
+
+    /// Starts `run.sh` in its own process group with the job hooks set.
+    pub fn start(&self) -> Result<RunningRunner, RunnerError> {
+        self.clear_job_marker();
+        let mut command = self.command("run.sh");
+        let hooks = self.hook_dir();
+        command
+            .env("RUNNER_MANUALLY_TRAP_SIG", "1")
+            .env(
+                "ACTIONS_RUNNER_HOOK_JOB_STARTED",
+                hooks.join("job-started.sh"),
+            )
+            .env(
+                "ACTIONS_RUNNER_HOOK_JOB_COMPLETED",
+                hooks.join("job-completed.sh"),
+            );
+        let child = self.spawn(command, "run.sh")?;
+        let pgid = child.id().map(|p| p as i32).unwrap_or_default();
+        tracing::info!(pgid, "runner started");
+        Ok(RunningRunner {
+            child: Some(child),
+            pgid,
+            stop_timeout: self.stop_timeout,
+        })
+    }
+
+    /// Takes over a runner left by an earlier agent process, if its process
+    /// group is alive and still works in the runner directory.
+    pub fn adopt(&self, pgid: i32) -> Option<RunningRunner> {
+        (pgid > 1 && tree::group_belongs_to(pgid, &self.dir)).then(|| RunningRunner {
+            child: None,
+            pgid,
+            stop_timeout: self.stop_timeout,
+        })
+    }
+
+    /// Stops every process working in the runner directory: runners left by
+    /// an earlier agent process whose state was lost.
+    pub async fn stop_strays(&self) {
+        for pgid in tree::groups_in_dir(&self.dir) {
+            tracing::warn!(pgid, "stopping a stray runner process group");
+            tree::stop_tree(pgid, self.stop_timeout).await;
+        }
+    }
+}
+
+/// A running `run.sh`: our child, or one adopted from an earlier agent
+/// process (after a crash) that we can watch and stop but not wait on.
+pub struct RunningRunner {
+    child: Option<Child>,
+    pgid: i32,
+    stop_timeout: Duration,
+}
+
+/// How often an adopted runner's process group is checked for life.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+impl RunningRunner {
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// Resolves when `run.sh` exits (with its status when it is our child).
+    pub async fn exited(&mut self) -> Option<ExitStatus> {
+        match &mut self.child {
+            Some(child) => child.wait().await.ok(),
+            None => loop {
+                if tree::tree_members(self.pgid).is_empty() {
+                    return None;
+                }
+                tokio::time::sleep(ADOPTED_POLL).await;
+            },
+        }
+    }
+
+    /// Stops `run.sh`, the listener, and every job process under them.
+    pub async fn stop(mut self) {
+        let clean = tree::stop_tree(self.pgid, self.stop_timeout).await;
+        let status = match &mut self.child {
+            Some(child) => child.wait().await.ok(),
+            None => None,
+        };
+        tracing::info!(status = ?status, clean, "runner stopped");
+    }
+}
+
+fn forward_output(script: &'static str, stream: Option<impl AsyncRead + Unpin + Send + 'static>) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "runner", script, "{line}");
+        }
+    });
+}

@@ -1,0 +1,323 @@
+//! The agent's DynamoDB calls, one method per protocol item. Reads and
+//! writes are counted so `status` and the benchmark can report them.
+
+use crate::protocol::{
+    instance_sk, now_timestamp, InstanceRecord, RegistrationToken, Signal, ENTITY_HEARTBEAT,
+    ENTITY_WORKER_SIGNAL, HEARTBEAT_VALUE, PK_HEARTBEAT, PK_INSTANCE, PK_METADATA,
+    PK_WORKER_SIGNAL, SK_REGISTRATION_TOKEN,
+};
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("dynamodb {operation} on table {table}: {message}")]
+pub struct TableError {
+    pub operation: &'static str,
+    pub table: String,
+    pub message: String,
+}
+
+/// Counts of requests sent, by kind. Eventually consistent reads cost half a
+/// read unit per item, consistent ones a whole unit.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    pub eventual_reads: AtomicU64,
+    pub consistent_reads: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+impl RequestCounts {
+    /// Read capacity units consumed so far (items under 4 KiB).
+    pub fn read_units(&self) -> f64 {
+        self.eventual_reads.load(Ordering::Relaxed) as f64 * 0.5
+            + self.consistent_reads.load(Ordering::Relaxed) as f64
+    }
+}
+
+#[derive(Clone)]
+pub struct Table {
+    client: Client,
+    name: String,
+    instance_id: String,
+    counts: Arc<RequestCounts>,
+}
+
+/// Back-off for signal writes the control plane waits for: 100 ms, doubling,
+/// capped at 5 s, for as long as the caller's deadline allows.
+const SIGNAL_RETRY_FIRST: Duration = Duration::from_millis(100);
+const SIGNAL_RETRY_CAP: Duration = Duration::from_secs(5);
+
+impl Table {
+    pub fn new(client: Client, name: &str, instance_id: &str) -> Table {
+        Table {
+            client,
+            name: name.to_owned(),
+            instance_id: instance_id.to_owned(),
+            counts: Arc::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn counts(&self) -> &RequestCounts {
+        &self.counts
+    }
+
+    fn error(&self, operation: &'static str, err: impl std::error::Error) -> TableError {
+        TableError {
+            operation,
+            table: self.name.clone(),
+            message: DisplayErrorContext(err).to_string(),
+        }
+    }
+
+    fn key(pk: &str, sk: &str) -> Item {
+        HashMap::from([
+            ("PK".to_owned(), AttributeValue::S(pk.to_owned())),
+            ("SK".to_owned(), AttributeValue::S(sk.to_owned())),
+        ])
+    }
+
+    fn instance_key(&self) -> Item {
+        Self::key(PK_INSTANCE, &instance_sk(&self.instance_id))
+    }
+
+    fn token_key() -> Item {
+        Self::key(PK_METADATA, SK_REGISTRATION_TOKEN)
+    }
+
+    /// The instance record; `Ok(None)` when the control plane has none.
+    pub async fn read_instance(
+        &self,
+        consistent: bool,
+    ) -> Result<Option<InstanceRecord>, TableError> {
+        let counter = if consistent {
+            &self.counts.consistent_reads
+        } else {
+            &self.counts.eventual_reads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(self.instance_key()))
+            .consistent_read(consistent)
+            .projection_expression("runId, threshold, #s")
+            .expression_attribute_names("#s", "state")
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem(instance)", e))?;
+        Ok(out.item.as_ref().map(parse_instance))
+    }
+
+    pub async fn read_token(&self) -> Result<Option<RegistrationToken>, TableError> {
+        self.counts.consistent_reads.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::token_key()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem(registration token)", e))?;
+        Ok(out.item.as_ref().and_then(parse_token))
+    }
+
+    /// Confirms a claim and fetches the token in one round trip, both
+    /// strongly consistent: this is on the claim-to-`UD_REG_OK` path.
+    pub async fn read_claim_and_token(
+        &self,
+    ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
+        self.counts.consistent_reads.fetch_add(2, Ordering::Relaxed);
+        let keys = KeysAndAttributes::builder()
+            .keys(self.instance_key())
+            .keys(Self::token_key())
+            .consistent_read(true)
+            .build()
+            .map_err(|e| self.error("BatchGetItem", e))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.name, keys)
+            .send()
+            .await
+            .map_err(|e| self.error("BatchGetItem", e))?;
+        let unprocessed = out
+            .unprocessed_keys
+            .as_ref()
+            .is_some_and(|u| u.values().any(|k| !k.keys.is_empty()));
+        if unprocessed {
+            // Throttled part of the batch: fall back to two plain reads.
+            let record = self.read_instance(true).await?;
+            let token = self.read_token().await?;
+            return Ok((record, token));
+        }
+        let mut record = None;
+        let mut token = None;
+        for item in out
+            .responses
+            .unwrap_or_default()
+            .remove(&self.name)
+            .unwrap_or_default()
+        {
+            match item
+                .get("PK")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+            {
+                Some(PK_INSTANCE) => record = Some(parse_instance(&item)),
+                Some(PK_METADATA) => token = parse_token(&item),
+                _ => {}
+            }
+        }
+        Ok((record, token))
+    }
+
+    fn base_item(&self, pk: &str, entity: &str) -> Item {
+        let mut item = Self::key(pk, &instance_sk(&self.instance_id));
+        item.insert("entityType".into(), AttributeValue::S(entity.to_owned()));
+        item.insert(
+            "identifier".into(),
+            AttributeValue::S(self.instance_id.clone()),
+        );
+        item.insert("updatedAt".into(), AttributeValue::S(now_timestamp()));
+        item
+    }
+
+    async fn put(&self, operation: &'static str, item: Item) -> Result<(), TableError> {
+        self.counts.writes.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(operation, e))
+    }
+
+    pub async fn put_heartbeat(&self) -> Result<(), TableError> {
+        let mut item = self.base_item(PK_HEARTBEAT, ENTITY_HEARTBEAT);
+        item.insert("value".into(), AttributeValue::S(HEARTBEAT_VALUE.into()));
+        self.put("PutItem(heartbeat)", item).await
+    }
+
+    pub async fn put_signal(&self, signal: Signal, run_id: &str) -> Result<(), TableError> {
+        let mut item = self.base_item(PK_WORKER_SIGNAL, ENTITY_WORKER_SIGNAL);
+        let value = HashMap::from([
+            (
+                "state".to_owned(),
+                AttributeValue::S(signal.as_str().into()),
+            ),
+            ("runId".to_owned(), AttributeValue::S(run_id.to_owned())),
+        ]);
+        item.insert("value".into(), AttributeValue::M(value));
+        self.put("PutItem(worker signal)", item).await
+    }
+
+    /// Writes `signal` until it is stored or `deadline` passes. The control
+    /// plane waits for these, so a failed write is retried, not dropped.
+    pub async fn put_signal_until_written(
+        &self,
+        signal: Signal,
+        run_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), TableError> {
+        let mut delay = SIGNAL_RETRY_FIRST;
+        loop {
+            match self.put_signal(signal, run_id).await {
+                Ok(()) => {
+                    tracing::info!(signal = %signal, run_id, "signal written");
+                    return Ok(());
+                }
+                Err(e) => {
+                    if deadline.is_some_and(|d| Instant::now() + delay > d) {
+                        tracing::error!(signal = %signal, run_id, error = %e, "giving up on signal: deadline reached");
+                        return Err(e);
+                    }
+                    tracing::warn!(signal = %signal, run_id, error = %e, retry_in_ms = delay.as_millis() as u64, "signal write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(SIGNAL_RETRY_CAP);
+                }
+            }
+        }
+    }
+}
+
+fn string_attr(item: &Item, name: &str) -> Option<String> {
+    match item.get(name)? {
+        AttributeValue::S(s) => Some(s.clone()),
+        other => {
+            tracing::warn!(attribute = name, value = ?other, "ignoring attribute that is not a string");
+            None
+        }
+    }
+}
+
+fn parse_instance(item: &Item) -> InstanceRecord {
+    InstanceRecord {
+        run_id: string_attr(item, "runId").filter(|r| !r.trim().is_empty()),
+        threshold: string_attr(item, "threshold"),
+        state: string_attr(item, "state"),
+    }
+}
+
+fn parse_token(item: &Item) -> Option<RegistrationToken> {
+    let Some(AttributeValue::M(value)) = item.get("value") else {
+        tracing::warn!("registration token item has no `value` map");
+        return None;
+    };
+    Some(RegistrationToken {
+        token: string_attr(value, "token").unwrap_or_default(),
+        expires_at: string_attr(value, "expires_at"),
+        timestamp: string_attr(value, "timestamp"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_record_parsing_tolerates_bad_types() {
+        let item: Item = HashMap::from([
+            ("runId".into(), AttributeValue::S("".into())),
+            ("threshold".into(), AttributeValue::N("5".into())),
+            ("state".into(), AttributeValue::S("idle".into())),
+        ]);
+        let rec = parse_instance(&item);
+        assert_eq!(rec.run_id, None);
+        assert_eq!(rec.threshold, None);
+        assert_eq!(rec.state.as_deref(), Some("idle"));
+
+        let item: Item = HashMap::from([("runId".into(), AttributeValue::S("123-1".into()))]);
+        assert_eq!(parse_instance(&item).run_id.as_deref(), Some("123-1"));
+    }
+
+    #[test]
+    fn token_parsing() {
+        let value = HashMap::from([
+            ("token".to_owned(), AttributeValue::S("AAA".into())),
+            (
+                "expires_at".to_owned(),
+                AttributeValue::S("2025-01-01T00:00:00.000Z".into()),
+            ),
+        ]);
+        let item: Item = HashMap::from([("value".into(), AttributeValue::M(value))]);
+        let token = parse_token(&item).unwrap();
+        assert_eq!(token.token, "AAA");
+        assert!(parse_token(&HashMap::new()).is_none());
+    }
+}
