@@ -1,1 +1,103 @@
+//! The local test stack for runner-agent: moto (DynamoDB + EC2) behind a
+//! counting proxy, a fake IMDSv2, a fake GitHub serving a fake runner, and a
+//! driver doing the control plane's side of the pool protocol.
 
+pub mod agent;
+pub mod control;
+pub mod github;
+pub mod http;
+pub mod imds;
+pub mod moto;
+pub mod proxy;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub const REGION: &str = "us-east-1";
+pub const INITIAL_RUN_ID: &str = "1000-1";
+
+pub struct StackOptions {
+    pub tags: Vec<(&'static str, &'static str)>,
+    pub tags_in_metadata: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            tags: vec![("InitialRunId", INITIAL_RUN_ID), ("AllowSelfTermination", "true")],
+            tags_in_metadata: true,
+        }
+    }
+}
+
+pub struct Stack {
+    pub moto: moto::Moto,
+    pub proxy: proxy::Proxy,
+    pub imds: imds::FakeImds,
+    pub github: github::FakeGithub,
+    pub cp: control::ControlPlane,
+    pub instance_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+static TABLES: AtomicU32 = AtomicU32::new(0);
+
+impl Stack {
+    /// A fresh table and instance; the instance record says `created` for
+    /// `INITIAL_RUN_ID`, as right after the control plane launched it, and
+    /// a registration token valid for an hour is in place.
+    pub async fn start(options: StackOptions) -> Stack {
+        let moto = moto::Moto::start().await;
+        let proxy = proxy::Proxy::start(&moto.endpoint).await;
+        let table = format!(
+            "acme-widgets-{}-{}",
+            std::process::id(),
+            TABLES.fetch_add(1, Ordering::SeqCst)
+        );
+        let cp = control::ControlPlane::connect(&moto.endpoint, &table).await;
+        cp.create_table().await;
+        let instance_id = cp.launch_instance(&options.tags).await;
+        let imds = imds::FakeImds::start(&instance_id, REGION, &options.tags, options.tags_in_metadata).await;
+        let github = github::FakeGithub::start().await;
+        let threshold = control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(600));
+        cp.put_instance(&instance_id, "created", INITIAL_RUN_ID, &threshold).await;
+        cp.put_token("AAAAFAKEREGISTRATIONTOKEN", time::Duration::hours(1)).await;
+        let dir = tempfile::Builder::new().prefix("ra-stack-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        Stack { moto, proxy, imds, github, cp, instance_id, dir }
+    }
+
+    pub fn runner_dir(&self) -> PathBuf {
+        self.dir.path().join("runner")
+    }
+
+    pub fn runner_log(&self) -> PathBuf {
+        self.dir.path().join("runner-events.log")
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    /// Queues a job of `seconds` for the runner labelled `run_id`.
+    pub fn queue_job(&self, run_id: &str, seconds: u32) {
+        std::fs::write(self.jobs_dir().join(run_id), seconds.to_string()).unwrap();
+    }
+
+    /// The fake runner's event log: (unix time, event line).
+    pub fn runner_events(&self) -> Vec<(f64, String)> {
+        std::fs::read_to_string(self.runner_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (t, rest) = l.split_once(' ')?;
+                Some((t.parse().ok()?, rest.to_owned()))
+            })
+            .collect()
+    }
+
+    pub fn count_events(&self, prefix: &str) -> usize {
+        self.runner_events().iter().filter(|(_, e)| e.starts_with(prefix)).count()
+    }
+}

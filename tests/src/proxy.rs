@@ -1,0 +1,149 @@
+//! A loopback proxy in front of moto that parses each request the agent
+//! sends, counts AWS operations (`X-Amz-Target` for DynamoDB, `Action=` for
+//! EC2) and consistent reads, and can play "AWS is down" by cutting
+//! connections. Counting here, outside the agent, is what makes the
+//! benchmark's read-unit figures and the IAM policy check honest.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    /// Operation name → requests (e.g. `GetItem`, `TerminateInstances`).
+    pub operations: BTreeMap<String, u64>,
+    /// Requests carrying `"ConsistentRead":true`, by operation.
+    pub consistent: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub fn get(&self, op: &str) -> u64 {
+        self.operations.get(op).copied().unwrap_or(0)
+    }
+
+    /// DynamoDB read units: 0.5 per eventually consistent item read, 1 per
+    /// consistent one (items here are far below 4 KiB). BatchGetItem is
+    /// counted as the agent sends it: two consistent items.
+    pub fn read_units(&self) -> f64 {
+        let gets = self.get("GetItem") as f64;
+        let consistent_gets = self.consistent.get("GetItem").copied().unwrap_or(0) as f64;
+        let batches = self.get("BatchGetItem") as f64;
+        (gets - consistent_gets) * 0.5 + consistent_gets + batches * 2.0
+    }
+
+    pub fn dynamodb_reads(&self) -> u64 {
+        self.get("GetItem") + self.get("BatchGetItem") + self.get("Query") + self.get("Scan")
+    }
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    pub endpoint: String,
+    counts: Arc<Mutex<Counts>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Proxy {
+            endpoint: format!("http://{addr}"),
+            counts: Arc::default(),
+            down: Arc::default(),
+        };
+        let (counts, down) = (proxy.counts.clone(), proxy.down.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if down.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let (upstream, counts, down) = (upstream.clone(), counts.clone(), down.clone());
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(&upstream).await {
+                        let _ = relay(client, server, counts, down).await;
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts.lock().unwrap().clone()
+    }
+
+    pub fn reset(&self) {
+        *self.counts.lock().unwrap() = Counts::default();
+    }
+
+    /// While down, connections are cut before any request reaches moto.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    counts: Arc<Mutex<Counts>>,
+    down: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let (client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let responses = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut reader = BufReader::new(client_read);
+    loop {
+        let mut head = Vec::new();
+        let mut length = 0usize;
+        let mut op = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                responses.abort();
+                return Ok(());
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("x-amz-target:") {
+                op = line.trim().rsplit('.').next().map(str::to_owned);
+            }
+            head.extend_from_slice(line.as_bytes());
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await?;
+        if down.load(Ordering::SeqCst) {
+            responses.abort();
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&body);
+        let op = op.or_else(|| {
+            text.split('&')
+                .find_map(|kv| kv.strip_prefix("Action="))
+                .map(str::to_owned)
+        });
+        if let Some(op) = op {
+            let mut c = counts.lock().unwrap();
+            *c.operations.entry(op.clone()).or_default() += 1;
+            if text.contains("\"ConsistentRead\":true") {
+                *c.consistent.entry(op).or_default() += 1;
+            }
+        }
+        server_write.write_all(&head).await?;
+        server_write.write_all(&body).await?;
+    }
+}

@@ -1,0 +1,76 @@
+//! End to end: the release binary against moto + fakes, the control plane's
+//! side played by the driver.
+
+use stack::agent::AgentSpec;
+use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use std::time::Duration;
+
+const SIGNAL_WAIT: Duration = Duration::from_secs(30);
+
+/// boot → UD_OK → (created for the initial run) UD_REG_OK → release →
+/// UD_REMOVE_REG_REMOVE_RUN_OK, then five claim/release cycles from idle,
+/// one with a job; heartbeat in the protocol's shape; token never on argv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_and_five_more_cycles() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let id = stack.instance_id.clone();
+    let mut agent = stack.spawn_agent(&AgentSpec {
+        pre_runner: Some("echo preparing the instance\n".into()),
+        ..Default::default()
+    });
+    let cp = &stack.cp;
+    cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT).await.expect("UD_OK");
+    // The control plane created the instance for the initial run: claimed.
+    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT).await.expect("UD_REG_OK");
+    assert!(agent.wait_log("preparing the instance", Duration::from_secs(5)).await);
+    cp.release(&id, INITIAL_RUN_ID, "created").await;
+    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await
+        .expect("released");
+
+    for cycle in 1..=5 {
+        let run_id = format!("2000-{cycle}");
+        cp.claim(&id, &run_id).await;
+        cp.wait_signal(&id, "UD_REG_OK", &run_id, SIGNAL_WAIT).await.expect("UD_REG_OK");
+        if cycle == 3 {
+            stack.queue_job(&run_id, 2);
+            assert!(agent.wait_log("", Duration::from_millis(1)).await);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        cp.release(&id, &run_id, "claimed").await;
+        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id, SIGNAL_WAIT)
+            .await
+            .unwrap_or_else(|last| panic!("cycle {cycle}: not released: {last:?}"));
+    }
+
+    let configures: Vec<_> = stack
+        .runner_events()
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("CONFIGURE "))
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(configures.len(), 6, "{configures:#?}");
+    for (n, line) in configures.iter().enumerate() {
+        assert!(line.contains(&format!("name={id}-{}", n + 1)), "{line}");
+        assert!(line.contains("unattended=true"), "{line}");
+        assert!(line.contains("url=https://github.com/acme/widgets"), "{line}");
+    }
+    assert!(configures[1].contains("labels=2000-1 "), "{}", configures[1]);
+    assert_eq!(stack.count_events("TOKEN_ON_ARGV"), 0);
+    assert_eq!(stack.count_events("JOB_START"), 1);
+    assert_eq!(stack.count_events("JOB_END"), 1);
+    assert!(!stack.runner_dir().join(".runner").exists(), "left registered");
+    assert!(!agent.log_text().contains("AAAAFAKEREGISTRATIONTOKEN"), "token in the log");
+
+    let hb = cp.heartbeat(&id).await.expect("heartbeat item");
+    assert_eq!(hb["value"].as_s().unwrap(), "PING");
+    assert_eq!(hb["entityType"].as_s().unwrap(), "HEARTBEAT");
+    assert_eq!(hb["identifier"].as_s().unwrap(), &id);
+    let updated = hb["updatedAt"].as_s().unwrap();
+    assert_eq!(updated.len(), 20, "{updated}");
+    assert!(updated.ends_with('Z') && !updated.contains('.'), "{updated}");
+
+    agent.kill(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(30)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+}
