@@ -1,0 +1,51 @@
+# Sourced by the scripts: installs what the build and the test stack need,
+# once, and exports where things are. Safe to run again.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/runner-agent/target}
+MUSL_TARGET=x86_64-unknown-linux-musl
+export RA_AGENT_BIN=$CARGO_TARGET_DIR/$MUSL_TARGET/release/runner-agent
+VENV=$ROOT/.venv
+
+need_debs=()
+command -v musl-gcc >/dev/null || need_debs+=(musl-tools)
+command -v shellcheck >/dev/null || need_debs+=(shellcheck)
+command -v systemd-analyze >/dev/null || need_debs+=(systemd)
+if [ ${#need_debs[@]} -gt 0 ]; then
+    echo "setup: installing ${need_debs[*]}" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+fi
+rustup target list --installed | grep -qx "$MUSL_TARGET" || rustup target add "$MUSL_TARGET"
+if [ ! -x "$VENV/bin/moto_server" ]; then
+    echo "setup: creating $VENV with moto[server]" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q 'moto[server]>=5,<6'
+fi
+export RA_MOTO_SERVER=$VENV/bin/moto_server
+
+# The shipped artifact: a static musl binary. AWS crates build with default
+# features off; a cold build takes ~11 min and ~8 GB RAM on 2 cores.
+build_agent() {
+    cargo build --release --locked --target "$MUSL_TARGET" -p runner-agent
+}
+
+# Starts one moto server for the whole run and exports its endpoint; it
+# stops when the calling script exits.
+start_moto() {
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$RA_MOTO_SERVER" -H 127.0.0.1 -p "$port" >"$CARGO_TARGET_DIR/moto.log" 2>&1 &
+    MOTO_PID=$!
+    trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+    for _ in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            export RA_MOTO_ENDPOINT=http://127.0.0.1:$port
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "moto_server did not start; see $CARGO_TARGET_DIR/moto.log" >&2
+    return 1
+}
