@@ -4,6 +4,7 @@
 
 use aws_config::imds::client::error::ImdsError;
 use aws_config::imds::Client;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub const TAG_INITIAL_RUN_ID: &str = "InitialRunId";
@@ -29,7 +30,7 @@ pub enum MetadataError {
 
 #[derive(Clone, Debug)]
 pub struct Imds {
-    client: Client,
+    client: Arc<RwLock<Client>>,
 }
 
 /// Where the instance's tags can be read.
@@ -45,21 +46,42 @@ impl Imds {
     /// A client for the standard endpoint, or the one named by
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` (tests use a loopback fake).
     pub fn from_env() -> Imds {
-        let client = Client::builder()
+        Imds {
+            client: Arc::new(RwLock::new(Self::new_client())),
+        }
+    }
+
+    fn new_client() -> Client {
+        Client::builder()
             .max_attempts(3)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(OPERATION_TIMEOUT)
-            .build();
-        Imds { client }
+            .build()
     }
 
     /// GETs `/latest/<path>`; 404 is `Ok(None)`.
     pub async fn get(&self, path: &str) -> Result<Option<String>, MetadataError> {
         let full = format!("/latest/{path}");
-        match self.client.get(full.clone()).await {
-            Ok(value) => Ok(Some(value.as_ref().to_owned())),
-            Err(ImdsError::ErrorResponse(e)) if e.response().status().as_u16() == 404 => Ok(None),
-            Err(source) => Err(MetadataError::Unreadable { path: full, source }),
+        let status = |e: &ImdsError| match e {
+            ImdsError::ErrorResponse(r) => r.response().status().as_u16(),
+            _ => 0,
+        };
+        let mut refreshed = false;
+        loop {
+            let client = self.client.read().expect("not poisoned").clone();
+            match client.get(full.clone()).await {
+                Ok(value) => return Ok(Some(value.as_ref().to_owned())),
+                Err(e) if status(&e) == 404 => return Ok(None),
+                // The SDK drops a cached token only when its TTL runs out; a
+                // token IMDS stopped honouring earlier (after a stop/start,
+                // say) would keep failing. A fresh client fetches a new one.
+                Err(e) if status(&e) == 401 && !refreshed => {
+                    tracing::info!(path = %full, "IMDS refused the session token; fetching a new one");
+                    *self.client.write().expect("not poisoned") = Self::new_client();
+                    refreshed = true;
+                }
+                Err(source) => return Err(MetadataError::Unreadable { path: full, source }),
+            }
         }
     }
 

@@ -65,6 +65,9 @@ impl Stack {
         cp.put_token("AAAAFAKEREGISTRATIONTOKEN", time::Duration::hours(1)).await;
         let dir = tempfile::Builder::new().prefix("ra-stack-").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        // Empty AWS config files: nothing from the developer's ~/.aws leaks in.
+        std::fs::write(dir.path().join("no-aws-config"), "").unwrap();
+        std::fs::write(dir.path().join("no-aws-credentials"), "").unwrap();
         Stack { moto, proxy, imds, github, cp, instance_id, dir }
     }
 
@@ -99,5 +102,23 @@ impl Stack {
 
     pub fn count_events(&self, prefix: &str) -> usize {
         self.runner_events().iter().filter(|(_, e)| e.starts_with(prefix)).count()
+    }
+}
+
+impl Drop for Stack {
+    /// A test that ends without stopping its agent (or that kills it) must
+    /// not leave the fake runner behind: kill whatever still works in the
+    /// stack's directory.
+    fn drop(&mut self) {
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for entry in procs.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let in_stack = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(self.dir.path()));
+            if in_stack {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }

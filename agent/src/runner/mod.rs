@@ -261,6 +261,12 @@ impl RunnerControl {
                 "ACTIONS_RUNNER_HOOK_JOB_COMPLETED",
                 hooks.join("job-completed.sh"),
             );
+        // The runner writes straight to the agent's stderr (the journal under
+        // systemd), not through a pipe: a pipe breaks when the agent dies,
+        // and the runner would die of SIGPIPE instead of being re-attached.
+        if let (Ok(out), Ok(err)) = (dup_stderr(), dup_stderr()) {
+            command.stdout(out).stderr(err);
+        }
         let child = self.spawn(command, "run.sh")?;
         let pgid = child.id().map(|p| p as i32).unwrap_or_default();
         tracing::info!(pgid, "runner started");
@@ -329,6 +335,11 @@ impl RunningRunner {
         };
         tracing::info!(status = ?status, clean, "runner stopped");
     }
+}
+
+fn dup_stderr() -> std::io::Result<Stdio> {
+    use std::os::fd::AsFd;
+    Ok(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?))
 }
 
 fn forward_output(script: &'static str, stream: Option<impl AsyncRead + Unpin + Send + 'static>) {
