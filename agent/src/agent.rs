@@ -156,39 +156,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(()),
     );
 
-    if lifecycle.state.boot.is_none() {
-        lifecycle.set_phase("pre-runner");
-        let outcome = match &settings.pre_runner {
-            None => Ok(()),
-            Some(pre) => crate::prerunner::run(&pre.script, pre.timeout).await,
-        };
-        let (signal, boot) = match &outcome {
-            Ok(()) => (Signal::Ok, BootOutcome::Ok),
-            Err(e) => {
-                tracing::error!(error = %e, "pre-runner script failed");
-                (Signal::Failed, BootOutcome::Failed)
-            }
-        };
-        match &id.initial_run_id {
-            Some(run_id) => {
-                let written = tokio::select! {
-                    r = table.put_signal_until_written(signal, run_id, None) => r.is_ok(),
-                    _ = events.wait() => false,
-                };
-                if written {
-                    lifecycle.state.last_signal = Some(crate::state::LastSignal {
-                        signal: signal.as_str().into(),
-                        run_id: run_id.clone(),
-                        at: crate::protocol::now_timestamp(),
-                    });
-                }
-            }
-            None => {
-                tracing::error!(signal = %signal, "instance has no {TAG_INITIAL_RUN_ID} tag: cannot write the boot signal")
-            }
-        }
-        lifecycle.state.boot = Some(boot);
-        lifecycle.set_phase("booted");
+    if let Err(interrupt) = boot(&settings, &id, &mut lifecycle, &events).await {
+        tracing::info!(?interrupt, "stopped during boot");
+        crate::notify::stopping();
+        let _ = stop_tx.send(true);
+        return Ok(());
     }
 
     let interrupt = if lifecycle.state.boot == Some(BootOutcome::Failed) {
@@ -217,6 +189,52 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::notify::stopping();
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the pre-runner script once per instance and writes `UD_OK` or
+/// `UD_FAILED` for the initial run. The outcome is saved before the signal
+/// is written, so a restart does not run the script again but still writes
+/// a signal that never made it (the boot signal is the first the agent
+/// writes, so "no signal yet" means it is owed).
+async fn boot(
+    settings: &Settings,
+    id: &Identity,
+    lifecycle: &mut Lifecycle,
+    events: &Events,
+) -> Result<(), Interrupt> {
+    if lifecycle.state.boot.is_none() {
+        lifecycle.set_phase("pre-runner");
+        let outcome = match &settings.pre_runner {
+            None => Ok(()),
+            Some(pre) => tokio::select! {
+                r = crate::prerunner::run(&pre.script, pre.timeout) => r,
+                i = events.wait() => return Err(i),
+            },
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "pre-runner script failed");
+        }
+        lifecycle.state.boot = Some(if outcome.is_ok() {
+            BootOutcome::Ok
+        } else {
+            BootOutcome::Failed
+        });
+        lifecycle.set_phase("booted");
+    }
+    if lifecycle.state.last_signal.is_none() {
+        let signal = match lifecycle.state.boot {
+            Some(BootOutcome::Failed) => Signal::Failed,
+            _ => Signal::Ok,
+        };
+        match &id.initial_run_id {
+            Some(run_id) => lifecycle.signal(signal, run_id).await?,
+            None => tracing::error!(
+                signal = %signal,
+                "instance has no {TAG_INITIAL_RUN_ID} tag: cannot write the boot signal"
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -599,6 +599,13 @@ version = "2.321.0"
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../packaging/config.example.toml");
+        let s = load(text, &[]).unwrap();
+        assert_eq!(s.table, "acme-widgets-pool");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));

@@ -167,7 +167,7 @@ impl Lifecycle {
 
     /// Writes a signal, retrying until it is stored or the agent is
     /// interrupted (then the interruption's own final signal supersedes it).
-    async fn signal(&mut self, signal: Signal, run_id: &str) -> Result<(), Interrupt> {
+    pub async fn signal(&mut self, signal: Signal, run_id: &str) -> Result<(), Interrupt> {
         let events = self.events.clone();
         tokio::select! {
             r = self.table.put_signal_until_written(signal, run_id, None) => {

@@ -34,6 +34,9 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // If the agent is stopped meanwhile, the script goes with it; it
+        // runs again on the next start, as the boot never finished.
+        .kill_on_drop(true)
         .process_group(0);
     let mut child = command.spawn().map_err(|source| PreRunnerError::Spawn {
         path: path.clone(),

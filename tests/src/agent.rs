@@ -60,7 +60,10 @@ impl Stack {
         if let Some(sha) = &spec.sha256 {
             toml.push_str(&format!("sha256 = \"{sha}\"\n"));
         }
-        toml.push_str(&format!("\n[agent]\nstate_dir = \"{}\"\n", dir.join("state").display()));
+        toml.push_str(&format!(
+            "\n[agent]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ));
         if let Some(body) = &spec.pre_runner {
             let script = dir.join("pre-runner.sh");
             std::fs::write(&script, body).unwrap();
@@ -69,7 +72,9 @@ impl Stack {
                 script.display()
             ));
         }
-        toml.push_str("\n[timing]\nexpiry_check_interval = \"1s\"\nself_termination_grace = \"0s\"\n");
+        toml.push_str(
+            "\n[timing]\nexpiry_check_interval = \"1s\"\nself_termination_grace = \"0s\"\n",
+        );
         for line in &spec.timing {
             toml.push_str(line);
             toml.push('\n');
@@ -94,7 +99,10 @@ impl Stack {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_CONFIG_FILE", self.dir.path().join("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("no-aws-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("no-aws-credentials"),
+            )
             .env("RUNNER_AGENT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("FAKE_RUNNER_LOG", self.runner_log())
@@ -110,7 +118,11 @@ impl Stack {
     pub fn spawn_agent(&self, spec: &AgentSpec) -> AgentProcess {
         self.write_config(spec);
         let log = self.dir.path().join("agent.log");
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = self
             .agent_command(&["run"], spec)
             .stdout(Stdio::null())
@@ -125,8 +137,16 @@ impl Stack {
     /// install`), so the agent finds it already unpacked.
     pub async fn preinstall_runner(&self, spec: &AgentSpec) {
         self.write_config(spec);
-        let out = self.agent_command(&["install"], spec).output().await.unwrap();
-        assert!(out.status.success(), "install: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .agent_command(&["install"], spec)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -141,7 +161,10 @@ impl AgentProcess {
     }
 
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     pub fn log_text(&self) -> String {

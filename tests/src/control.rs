@@ -77,8 +77,18 @@ impl ControlPlane {
     /// Launches an instance in moto with the control plane's tags; returns
     /// its id.
     pub async fn launch_instance(&self, tags: &[(&str, &str)]) -> String {
-        let images = self.ec2.describe_images().send().await.expect("describe images");
-        let image = images.images().first().and_then(|i| i.image_id()).expect("an AMI").to_owned();
+        let images = self
+            .ec2
+            .describe_images()
+            .send()
+            .await
+            .expect("describe images");
+        let image = images
+            .images()
+            .first()
+            .and_then(|i| i.image_id())
+            .expect("an AMI")
+            .to_owned();
         let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
             .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
         for (k, v) in tags {
@@ -143,13 +153,23 @@ impl ControlPlane {
             .expect("put instance");
     }
 
-    async fn transition(&self, id: &str, from_state: &str, from_run: &str, to_state: &str, to_run: &str, threshold: &str) {
+    async fn transition(
+        &self,
+        id: &str,
+        from_state: &str,
+        from_run: &str,
+        to_state: &str,
+        to_run: &str,
+        threshold: &str,
+    ) {
         self.ddb
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key("TYPE#INSTANCE", &format!("ID#{id}"))))
             .condition_expression("#state = :expectedState AND #runId = :expectedRunID")
-            .update_expression("SET #state = :state, #runId = :runId, #threshold = :threshold, updatedAt = :now")
+            .update_expression(
+                "SET #state = :state, #runId = :runId, #threshold = :threshold, updatedAt = :now",
+            )
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#runId", "runId")
             .expression_attribute_names("#threshold", "threshold")
@@ -161,19 +181,26 @@ impl ControlPlane {
             .expression_attribute_values(":now", s(&iso(OffsetDateTime::now_utc())))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("transition {from_state}->{to_state}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "transition {from_state}->{to_state}: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                )
+            });
     }
 
     /// Claims an idle instance for `run_id` (threshold now + 5 min).
     pub async fn claim(&self, id: &str, run_id: &str) {
         let threshold = iso(OffsetDateTime::now_utc() + Duration::from_secs(300));
-        self.transition(id, "idle", "", "claimed", run_id, &threshold).await;
+        self.transition(id, "idle", "", "claimed", run_id, &threshold)
+            .await;
     }
 
     /// Releases the instance back to idle (threshold now + 10 min).
     pub async fn release(&self, id: &str, run_id: &str, from_state: &str) {
         let threshold = iso(OffsetDateTime::now_utc() + Duration::from_secs(600));
-        self.transition(id, from_state, run_id, "idle", "", &threshold).await;
+        self.transition(id, from_state, run_id, "idle", "", &threshold)
+            .await;
     }
 
     pub async fn set_threshold(&self, id: &str, threshold: &str) {
@@ -240,12 +267,21 @@ impl ControlPlane {
 
     /// Polls (every 20 ms, as fast as a test needs) until the worker signal
     /// is `state` for `run_id`; returns when it was first seen.
-    pub async fn wait_signal(&self, id: &str, state: &str, run_id: &str, timeout: Duration) -> Result<Instant, Option<SignalItem>> {
+    pub async fn wait_signal(
+        &self,
+        id: &str,
+        state: &str,
+        run_id: &str,
+        timeout: Duration,
+    ) -> Result<Instant, Option<SignalItem>> {
         let started = Instant::now();
         let mut last = None;
         while started.elapsed() < timeout {
             last = self.signal(id).await;
-            if last.as_ref().is_some_and(|s| s.state == state && s.run_id == run_id) {
+            if last
+                .as_ref()
+                .is_some_and(|s| s.state == state && s.run_id == run_id)
+            {
                 return Ok(Instant::now());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -66,14 +66,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn asset_name() -> String {
-    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "x64" };
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "x64"
+    };
     format!("actions-runner-linux-{arch}-{FAKE_RUNNER_VERSION}.tar.gz")
 }
 
 fn handle(state: &Mutex<GithubState>, req: Request<Incoming>) -> Reply {
     let mut s = state.lock().unwrap();
     let path = req.uri().path();
-    let download = format!("/actions/runner/releases/download/v{FAKE_RUNNER_VERSION}/{}", asset_name());
+    let download = format!(
+        "/actions/runner/releases/download/v{FAKE_RUNNER_VERSION}/{}",
+        asset_name()
+    );
     if path == download {
         s.downloads += 1;
         return reply(StatusCode::OK, s.tarball.clone());
@@ -94,7 +101,10 @@ pub fn fake_runner_tarball() -> Vec<u8> {
     let files: [(&str, &str); 3] = [
         ("./config.sh", include_str!("../fake-runner/config.sh")),
         ("./run.sh", include_str!("../fake-runner/run.sh")),
-        ("./bin/Runner.Listener", include_str!("../fake-runner/bin/Runner.Listener")),
+        (
+            "./bin/Runner.Listener",
+            include_str!("../fake-runner/bin/Runner.Listener"),
+        ),
     ];
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
@@ -102,12 +112,16 @@ pub fn fake_runner_tarball() -> Vec<u8> {
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
     dir.set_size(0);
-    builder.append_data(&mut dir, "./bin/", std::io::empty()).unwrap();
+    builder
+        .append_data(&mut dir, "./bin/", std::io::empty())
+        .unwrap();
     for (path, body) in files {
         let mut header = tar::Header::new_gnu();
         header.set_mode(0o755);
         header.set_size(body.len() as u64);
-        builder.append_data(&mut header, path, body.as_bytes()).unwrap();
+        builder
+            .append_data(&mut header, path, body.as_bytes())
+            .unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
 }

@@ -32,11 +32,19 @@ pub struct FakeImds {
 }
 
 impl FakeImds {
-    pub async fn start(instance_id: &str, region: &str, tags: &[(&str, &str)], tags_in_metadata: bool) -> FakeImds {
+    pub async fn start(
+        instance_id: &str,
+        region: &str,
+        tags: &[(&str, &str)],
+        tags_in_metadata: bool,
+    ) -> FakeImds {
         let state = Arc::new(Mutex::new(ImdsState {
             instance_id: instance_id.into(),
             region: region.into(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             tags_in_metadata,
             ..Default::default()
         }));

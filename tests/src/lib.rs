@@ -25,7 +25,10 @@ pub struct StackOptions {
 impl Default for StackOptions {
     fn default() -> Self {
         StackOptions {
-            tags: vec![("InitialRunId", INITIAL_RUN_ID), ("AllowSelfTermination", "true")],
+            tags: vec![
+                ("InitialRunId", INITIAL_RUN_ID),
+                ("AllowSelfTermination", "true"),
+            ],
             tags_in_metadata: true,
         }
     }
@@ -58,17 +61,36 @@ impl Stack {
         let cp = control::ControlPlane::connect(&moto.endpoint, &table).await;
         cp.create_table().await;
         let instance_id = cp.launch_instance(&options.tags).await;
-        let imds = imds::FakeImds::start(&instance_id, REGION, &options.tags, options.tags_in_metadata).await;
+        let imds = imds::FakeImds::start(
+            &instance_id,
+            REGION,
+            &options.tags,
+            options.tags_in_metadata,
+        )
+        .await;
         let github = github::FakeGithub::start().await;
         let threshold = control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(600));
-        cp.put_instance(&instance_id, "created", INITIAL_RUN_ID, &threshold).await;
-        cp.put_token("AAAAFAKEREGISTRATIONTOKEN", time::Duration::hours(1)).await;
-        let dir = tempfile::Builder::new().prefix("ra-stack-").tempdir().unwrap();
+        cp.put_instance(&instance_id, "created", INITIAL_RUN_ID, &threshold)
+            .await;
+        cp.put_token("AAAAFAKEREGISTRATIONTOKEN", time::Duration::hours(1))
+            .await;
+        let dir = tempfile::Builder::new()
+            .prefix("ra-stack-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         // Empty AWS config files: nothing from the developer's ~/.aws leaks in.
         std::fs::write(dir.path().join("no-aws-config"), "").unwrap();
         std::fs::write(dir.path().join("no-aws-credentials"), "").unwrap();
-        Stack { moto, proxy, imds, github, cp, instance_id, dir }
+        Stack {
+            moto,
+            proxy,
+            imds,
+            github,
+            cp,
+            instance_id,
+            dir,
+        }
     }
 
     pub fn runner_dir(&self) -> PathBuf {
@@ -101,7 +123,10 @@ impl Stack {
     }
 
     pub fn count_events(&self, prefix: &str) -> usize {
-        self.runner_events().iter().filter(|(_, e)| e.starts_with(prefix)).count()
+        self.runner_events()
+            .iter()
+            .filter(|(_, e)| e.starts_with(prefix))
+            .count()
     }
 }
 
@@ -110,9 +135,13 @@ impl Drop for Stack {
     /// not leave the fake runner behind: kill whatever still works in the
     /// stack's directory.
     fn drop(&mut self) {
-        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for entry in procs.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             let in_stack = std::fs::read_link(format!("/proc/{pid}/cwd"))
                 .is_ok_and(|cwd| cwd.starts_with(self.dir.path()));
             if in_stack {

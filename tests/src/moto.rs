@@ -46,8 +46,14 @@ impl Moto {
             .spawn()
             .expect("starting moto_server");
         let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Moto {

@@ -19,19 +19,34 @@ async fn full_lifecycle_and_five_more_cycles() {
         ..Default::default()
     });
     let cp = &stack.cp;
-    cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT).await.expect("UD_OK");
-    // The control plane created the instance for the initial run: claimed.
-    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT).await.expect("UD_REG_OK");
-    assert!(agent.wait_log("preparing the instance", Duration::from_secs(5)).await);
-    cp.release(&id, INITIAL_RUN_ID, "created").await;
-    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+    cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await
-        .expect("released");
+        .expect("UD_OK");
+    // The control plane created the instance for the initial run: claimed.
+    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await
+        .expect("UD_REG_OK");
+    assert!(
+        agent
+            .wait_log("preparing the instance", Duration::from_secs(5))
+            .await
+    );
+    cp.release(&id, INITIAL_RUN_ID, "created").await;
+    cp.wait_signal(
+        &id,
+        "UD_REMOVE_REG_REMOVE_RUN_OK",
+        INITIAL_RUN_ID,
+        SIGNAL_WAIT,
+    )
+    .await
+    .expect("released");
 
     for cycle in 1..=5 {
         let run_id = format!("2000-{cycle}");
         cp.claim(&id, &run_id).await;
-        cp.wait_signal(&id, "UD_REG_OK", &run_id, SIGNAL_WAIT).await.expect("UD_REG_OK");
+        cp.wait_signal(&id, "UD_REG_OK", &run_id, SIGNAL_WAIT)
+            .await
+            .expect("UD_REG_OK");
         if cycle == 3 {
             stack.queue_job(&run_id, 2);
             assert!(agent.wait_log("", Duration::from_millis(1)).await);
@@ -53,14 +68,27 @@ async fn full_lifecycle_and_five_more_cycles() {
     for (n, line) in configures.iter().enumerate() {
         assert!(line.contains(&format!("name={id}-{}", n + 1)), "{line}");
         assert!(line.contains("unattended=true"), "{line}");
-        assert!(line.contains("url=https://github.com/acme/widgets"), "{line}");
+        assert!(
+            line.contains("url=https://github.com/acme/widgets"),
+            "{line}"
+        );
     }
-    assert!(configures[1].contains("labels=2000-1 "), "{}", configures[1]);
+    assert!(
+        configures[1].contains("labels=2000-1 "),
+        "{}",
+        configures[1]
+    );
     assert_eq!(stack.count_events("TOKEN_ON_ARGV"), 0);
     assert_eq!(stack.count_events("JOB_START"), 1);
     assert_eq!(stack.count_events("JOB_END"), 1);
-    assert!(!stack.runner_dir().join(".runner").exists(), "left registered");
-    assert!(!agent.log_text().contains("AAAAFAKEREGISTRATIONTOKEN"), "token in the log");
+    assert!(
+        !stack.runner_dir().join(".runner").exists(),
+        "left registered"
+    );
+    assert!(
+        !agent.log_text().contains("AAAAFAKEREGISTRATIONTOKEN"),
+        "token in the log"
+    );
 
     let hb = cp.heartbeat(&id).await.expect("heartbeat item");
     assert_eq!(hb["value"].as_s().unwrap(), "PING");
@@ -68,9 +96,15 @@ async fn full_lifecycle_and_five_more_cycles() {
     assert_eq!(hb["identifier"].as_s().unwrap(), &id);
     let updated = hb["updatedAt"].as_s().unwrap();
     assert_eq!(updated.len(), 20, "{updated}");
-    assert!(updated.ends_with('Z') && !updated.contains('.'), "{updated}");
+    assert!(
+        updated.ends_with('Z') && !updated.contains('.'),
+        "{updated}"
+    );
 
     agent.kill(libc::SIGTERM);
-    let status = agent.wait_exit(Duration::from_secs(30)).await.expect("exits");
+    let status = agent
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits");
     assert!(status.success(), "{status:?}");
 }
