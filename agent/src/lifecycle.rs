@@ -489,8 +489,15 @@ impl Lifecycle {
                 None
             }
         };
+        let started = Instant::now();
         let removed = self.control.remove(token.as_deref()).await;
-        tracing::info!(run_id = %registration.run_id, runner = %registration.runner_name, outcome = ?removed, "deregistered");
+        tracing::info!(
+            run_id = %registration.run_id,
+            runner = %registration.runner_name,
+            outcome = ?removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "deregistered"
+        );
         self.state.registration = None;
         self.save();
         let run_id = registration.run_id;

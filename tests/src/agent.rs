@@ -79,6 +79,9 @@ impl Stack {
             toml.push_str(line);
             toml.push('\n');
         }
+        if let Err(e) = runner_agent::config::Settings::from_toml(&self.config_path(), &toml, []) {
+            panic!("the stack wrote an invalid agent config: {e}\n{toml}");
+        }
         std::fs::write(self.config_path(), toml).unwrap();
     }
 
