@@ -31,14 +31,31 @@ pub fn stopping() {
     }
 }
 
+/// The unit's watchdog period, as `sd_watchdog_enabled(3)` reads it: from
+/// `WATCHDOG_USEC`, for this process unless `WATCHDOG_PID` names another.
+fn watchdog_period() -> Option<Duration> {
+    if !enabled() {
+        return None;
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec) / 2)
+}
+
+/// Variables meant for the agent alone: the runner, its jobs and the
+/// pre-runner script must not talk to systemd on the agent's behalf.
+pub const PRIVATE_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// Pings the systemd watchdog at half its period for as long as the
 /// runtime schedules tasks, if the unit has `WatchdogSec`.
 pub async fn watchdog_loop() {
-    let mut usec = 0;
-    if !enabled() || !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    let Some(period) = watchdog_period() else {
         return;
-    }
-    let period = Duration::from_micros(usec) / 2;
+    };
     loop {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         tokio::time::sleep(period).await;

@@ -38,6 +38,9 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
         // runs again on the next start, as the boot never finished.
         .kill_on_drop(true)
         .process_group(0);
+    for name in crate::notify::PRIVATE_ENV {
+        command.env_remove(name);
+    }
     let mut child = command.spawn().map_err(|source| PreRunnerError::Spawn {
         path: path.clone(),
         source,

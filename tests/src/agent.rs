@@ -32,6 +32,8 @@ pub struct AgentSpec {
     pub pre_runner: Option<String>,
     /// Pin this digest instead of asking the (fake) release API.
     pub sha256: Option<String>,
+    /// `runner.user`: the runner runs as this user.
+    pub user: Option<String>,
     /// TOML lines appended to the `[timing]` table.
     pub timing: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -57,6 +59,9 @@ impl Stack {
             base = self.github.release_base_url(),
             api = self.github.api_url(),
         );
+        if let Some(user) = &spec.user {
+            toml.push_str(&format!("user = \"{user}\"\n"));
+        }
         if let Some(sha) = &spec.sha256 {
             toml.push_str(&format!("sha256 = \"{sha}\"\n"));
         }

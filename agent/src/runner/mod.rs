@@ -134,6 +134,9 @@ impl RunnerControl {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        for name in crate::notify::PRIVATE_ENV {
+            command.env_remove(name);
+        }
         for (name, _) in std::env::vars_os() {
             if name
                 .to_str()
