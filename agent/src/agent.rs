@@ -15,6 +15,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// IMDS can lag the first seconds of boot; retry identity this long:
 /// every 1 s (the IMDS client itself retries 3 times per call).
@@ -59,16 +60,49 @@ pub async fn identity(imds: &Imds) -> anyhow::Result<Identity> {
     }
 }
 
+/// DynamoDB answers in milliseconds; a call that hangs must not hold up the
+/// lifecycle (or a stop). The SDK's standard retry (3 attempts, jittered
+/// exponential back-off) runs inside the operation timeout.
+const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+const AWS_OPERATION_TIMEOUT: Duration = Duration::from_secs(8);
+
 pub async fn aws_config(region: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region.to_owned()))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+                .operation_timeout(AWS_OPERATION_TIMEOUT)
+                .build(),
+        )
         .load()
         .await
 }
 
+/// One agent per state dir: a second `runner-agent run` (by hand, beside
+/// the service) would fight the first over the runner directory.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another runner-agent holds {}: refusing to run twice",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let _lock = lock_state_dir(&settings.state_dir)?;
     let store = StateStore::new(&settings.state_dir);
-    let mut state = match store.load() {
+    let state = match store.load() {
         Ok(state) => state,
         Err(e) => {
             // A corrupt state file must not stop the agent: start afresh,
@@ -81,7 +115,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let imds = Imds::from_env();
     let id = identity(&imds).await?;
     let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-    let _entered = span.enter();
+    run_instance(settings, store, state, user, imds, id)
+        .instrument(span)
+        .await
+}
+
+/// Everything after the instance is known, inside the `agent` span (so
+/// every log line carries `instance_id`).
+async fn run_instance(
+    settings: Settings,
+    store: StateStore,
+    mut state: crate::state::AgentState,
+    user: Option<RunnerUser>,
+    imds: Imds,
+    id: Identity,
+) -> anyhow::Result<()> {
     tracing::info!(region = %id.region, initial_run_id = ?id.initial_run_id, table = %settings.table, "starting");
     if state
         .instance_id
@@ -107,13 +155,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (spot_tx, spot_rx) = watch::channel(None);
     let (obs_tx, obs_rx) = watch::channel(None);
-    tokio::spawn(forward_os_signals(shutdown_tx));
+    tokio::spawn(forward_os_signals(shutdown_tx).in_current_span());
     tokio::spawn(crate::notify::watchdog_loop());
-    let heartbeat = tokio::spawn(crate::heartbeat::run(
-        table.clone(),
-        settings.timing.heartbeat_interval,
-        stop_rx.clone(),
-    ));
+    let heartbeat = tokio::spawn(
+        crate::heartbeat::run(
+            table.clone(),
+            settings.timing.heartbeat_interval,
+            stop_rx.clone(),
+        )
+        .in_current_span(),
+    );
     let watchdog = Watchdog {
         table: table.clone(),
         terminator: SelfTermination {
@@ -125,13 +176,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         grace: settings.timing.self_termination_grace,
         observations: obs_rx,
     };
-    tokio::spawn(watchdog.run(stop_rx.clone()));
-    tokio::spawn(crate::spot::watch_for_interruption(
-        imds.clone(),
-        settings.timing.spot_poll_interval,
-        spot_tx,
-        stop_rx.clone(),
-    ));
+    tokio::spawn(watchdog.run(stop_rx.clone()).in_current_span());
+    tokio::spawn(
+        crate::spot::watch_for_interruption(
+            imds.clone(),
+            settings.timing.spot_poll_interval,
+            spot_tx,
+            stop_rx.clone(),
+        )
+        .in_current_span(),
+    );
     crate::notify::ready("booting");
 
     let control = RunnerControl::new(&settings, user.clone());

@@ -472,6 +472,10 @@ fn is_runner_version(v: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Longer than any sensible interval or timeout; keeps instant arithmetic
+/// far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Parses `250ms`, `5s`, `10m`, `1h` (one number, one unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -489,6 +493,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m or h)")),
     };
+    if d > MAX_DURATION {
+        return Err(format!("{text:?} is longer than a week"));
+    }
     Ok(d)
 }
 
@@ -612,5 +619,6 @@ version = "2.321.0"
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("99999999999h").is_err());
     }
 }

@@ -22,7 +22,7 @@ pub enum MetadataError {
     Unreadable {
         path: String,
         #[source]
-        source: ImdsError,
+        source: Box<ImdsError>,
     },
     #[error("instance metadata {path}: not set (404)")]
     Missing { path: String },
@@ -80,7 +80,12 @@ impl Imds {
                     *self.client.write().expect("not poisoned") = Self::new_client();
                     refreshed = true;
                 }
-                Err(source) => return Err(MetadataError::Unreadable { path: full, source }),
+                Err(source) => {
+                    return Err(MetadataError::Unreadable {
+                        path: full,
+                        source: Box::new(source),
+                    })
+                }
             }
         }
     }

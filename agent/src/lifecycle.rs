@@ -81,6 +81,15 @@ const RELEASED_ECHO_WINDOW: Duration = Duration::from_secs(5);
 const RUNNER_RESTART_FIRST: Duration = Duration::from_secs(1);
 const RUNNER_RESTART_CAP: Duration = Duration::from_secs(30);
 const RUNNER_HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Deregistration reads the current token; it must not hold up a stop.
+/// Everything done on SIGTERM or a spot notice, inside systemd's stop
+/// timeout and the 30 s the agent promises.
+const FINISH_BUDGET: Duration = Duration::from_secs(25);
+const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// config.sh attempts per token before `UD_REG_FAILED`: GitHub API blips
+/// are common, and the control plane fails the instance on the signal.
+const CONFIGURE_ATTEMPTS: u32 = 3;
+const CONFIGURE_RETRY: Duration = Duration::from_secs(1);
 /// While checking the job marker between DynamoDB reads.
 const MARKER_POLL: Duration = Duration::from_millis(250);
 /// Repeated read errors are logged at most this often.
@@ -189,9 +198,7 @@ impl Lifecycle {
 
     /// Runs until shutdown or spot interruption; returns which.
     pub async fn run(mut self) -> Interrupt {
-        let interrupt = match self.main_loop().await {
-            Err(i) => i,
-        };
+        let Err(interrupt) = self.main_loop().await;
         self.finish(interrupt).await;
         interrupt
     }
@@ -200,7 +207,6 @@ impl Lifecycle {
         self.resume().await?;
         loop {
             let (run_id, token) = self.wait_for_claim().await?;
-            let _span = tracing::info_span!("claim", run_id = %run_id).entered();
             match self.register(&run_id, token).await {
                 Ok(()) => {}
                 Err(Stage::Released) => {
@@ -270,10 +276,23 @@ impl Lifecycle {
                 Stage::Interrupted(i) => Err(i),
             };
         }
-        // Released (or never finished registering) while the agent was down.
+        if still_claimed {
+            // Crashed during config.sh: nothing was registered for this run
+            // as far as the control plane knows; clean up and let the main
+            // loop register for the claim at once.
+            tracing::info!(run_id = %run_id, "registration never finished; registering again");
+            if let Some(runner) = adopted {
+                runner.stop().await;
+            }
+            self.control.stop_strays().await;
+            let _ = self.control.remove(None).await;
+            self.state.registration = None;
+            self.save();
+            return Ok(());
+        }
+        // Released while the agent was down.
         self.runner = adopted;
         self.teardown(Signal::RemoveRegRemoveRunOk, None).await;
-        self.control.stop_strays().await;
         self.released = Some((run_id, Instant::now()));
         Ok(())
     }
@@ -382,9 +401,21 @@ impl Lifecycle {
         self.save();
         let events = self.events.clone();
         let started = Instant::now();
-        let result = tokio::select! {
-            r = self.control.configure(token, &name, run_id) => r,
-            i = events.wait() => return Err(i.into()),
+        let mut attempt = 1;
+        let result = loop {
+            let result = tokio::select! {
+                r = self.control.configure(token, &name, run_id) => r,
+                i = events.wait() => return Err(i.into()),
+            };
+            match result {
+                Err(e) if attempt < CONFIGURE_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "config.sh failed; retrying");
+                    let _ = self.control.remove(None).await;
+                    events.sleep(CONFIGURE_RETRY * attempt).await?;
+                    attempt += 1;
+                }
+                other => break other,
+            }
         };
         tracing::info!(runner = %name, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "config.sh finished");
         match result {
@@ -403,9 +434,12 @@ impl Lifecycle {
         self.set_phase("registered");
         let events = self.events.clone();
         let mut restart_delay = RUNNER_RESTART_FIRST;
-        let mut next_read = Instant::now() + self.timing.claimed_poll;
+        let mut last_read = Instant::now();
+        let mut job_was_active = false;
+        let mut start_not_before = Instant::now();
+        let mut runner_started = Instant::now();
         loop {
-            if self.runner.is_none() {
+            if self.runner.is_none() && Instant::now() >= start_not_before {
                 match self.control.start() {
                     Ok(runner) => {
                         if let Some(reg) = &mut self.state.registration {
@@ -413,12 +447,32 @@ impl Lifecycle {
                         }
                         self.save();
                         self.runner = Some(runner);
+                        runner_started = Instant::now();
                     }
-                    Err(e) => tracing::error!(error = %e, "starting the runner"),
+                    Err(e) => {
+                        // Keep polling for the release meanwhile.
+                        tracing::error!(error = %e, retry_in_s = restart_delay.as_secs(), "starting the runner");
+                        start_not_before = Instant::now() + restart_delay;
+                        restart_delay = (restart_delay * 2).min(RUNNER_RESTART_CAP);
+                    }
                 }
             }
-            let started = Instant::now();
-            let wake = next_read.min(Instant::now() + MARKER_POLL);
+            // While a job runs (the runner's job hooks say so), one read per
+            // job_poll; otherwise one per claimed_poll. The marker is checked
+            // every MARKER_POLL, so the end of a job brings the next read
+            // forward at once.
+            let job_active = self.control.job_active();
+            if job_active != job_was_active {
+                tracing::info!(run_id, job_active, "job hook");
+                job_was_active = job_active;
+            }
+            let interval = if job_active {
+                self.timing.job_poll
+            } else {
+                self.timing.claimed_poll
+            };
+            let due = last_read + interval;
+            let wake = due.min(Instant::now() + MARKER_POLL);
             let exited = tokio::select! {
                 status = async { match &mut self.runner { Some(r) => r.exited().await, None => std::future::pending().await } } => Some(status),
                 _ = tokio::time::sleep_until(wake) => None,
@@ -427,27 +481,18 @@ impl Lifecycle {
             if let Some(status) = exited {
                 self.runner = None;
                 self.control.clear_job_marker();
-                if started.elapsed() >= RUNNER_HEALTHY_AFTER {
+                if runner_started.elapsed() >= RUNNER_HEALTHY_AFTER {
                     restart_delay = RUNNER_RESTART_FIRST;
                 }
                 tracing::warn!(status = ?status, restart_in_s = restart_delay.as_secs(), "runner exited while claimed; restarting");
-                if let Err(i) = events.sleep(restart_delay).await {
-                    return Stage::Interrupted(i);
-                }
+                start_not_before = Instant::now() + restart_delay;
                 restart_delay = (restart_delay * 2).min(RUNNER_RESTART_CAP);
                 continue;
             }
-            let interval = if self.control.job_active() {
-                self.timing.job_poll
-            } else {
-                self.timing.claimed_poll
-            };
-            // A job just ended: the release may come at any moment.
-            next_read = next_read.min(Instant::now() + interval);
-            if Instant::now() < next_read {
+            if Instant::now() < due {
                 continue;
             }
-            next_read = Instant::now() + interval;
+            last_read = Instant::now();
             match self.table.read_instance(false).await {
                 Ok(record) => {
                     self.observe(&record);
@@ -481,13 +526,17 @@ impl Lifecycle {
         if let Some(runner) = self.runner.take() {
             runner.stop().await;
         }
+        // Job processes that left the runner's tree (double forks) but
+        // still work in its directory go too.
+        self.control.stop_strays().await;
         self.control.clear_job_marker();
-        let token = match self.table.read_token().await {
-            Ok(t) => t.map(|t| t.token).filter(|t| !t.is_empty()),
-            Err(e) => {
+        let token = match tokio::time::timeout(TOKEN_READ_TIMEOUT, self.table.read_token()).await {
+            Ok(Ok(t)) => t.map(|t| t.token).filter(|t| !t.is_empty()),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the token for deregistration");
                 None
             }
+            Err(_) => None,
         };
         let started = Instant::now();
         let removed = self.control.remove(token.as_deref()).await;
@@ -498,23 +547,54 @@ impl Lifecycle {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "deregistered"
         );
-        self.state.registration = None;
+        if let Some(reg) = &mut self.state.registration {
+            // The runner is gone; keep the record of the registration until
+            // its signal is stored, so that a crash before then makes the
+            // next start deregister (a no-op) and signal again.
+            reg.runner_pgid = None;
+        }
         self.save();
         let run_id = registration.run_id;
-        if self
+        let write = self
             .table
-            .put_signal_until_written(signal, &run_id, deadline)
-            .await
-            .is_ok()
-        {
+            .put_signal_until_written(signal, &run_id, deadline);
+        let written = match deadline {
+            Some(_) => write.await.is_ok(),
+            // On the release path the write is retried for as long as it
+            // takes, unless the agent is stopped: then `finish` writes it
+            // within its own budget.
+            None => {
+                let events = self.events.clone();
+                tokio::select! {
+                    r = write => r.is_ok(),
+                    _ = events.wait() => false,
+                }
+            }
+        };
+        if written {
+            self.state.registration = None;
             self.record_signal(signal, &run_id);
         }
     }
 
     /// Final steps on shutdown or spot interruption.
     async fn finish(&mut self, interrupt: Interrupt) {
-        // systemd gives the unit TimeoutStopSec; finish well inside 30 s.
-        let deadline = Instant::now() + Duration::from_secs(25);
+        // Stop within 30 s of SIGTERM whatever DynamoDB or GitHub do.
+        let deadline = Instant::now() + FINISH_BUDGET;
+        if tokio::time::timeout_at(
+            deadline + Duration::from_secs(2),
+            self.finish_steps(interrupt, deadline),
+        )
+        .await
+        .is_err()
+        {
+            tracing::error!(
+                "final deregistration did not finish in time; the next start resumes it"
+            );
+        }
+    }
+
+    async fn finish_steps(&mut self, interrupt: Interrupt, deadline: Instant) {
         match interrupt {
             Interrupt::Shutdown => {
                 self.set_phase("stopping");

@@ -34,7 +34,7 @@ pub fn init(format: LogFormat) {
                 fmt.json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_span_list(false),
+                    .with_span_list(true),
             )
             .init(),
         LogFormat::Text => registry.with(fmt.with_ansi(false)).init(),

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +22,34 @@ pub enum PreRunnerError {
     TimedOut { path: String, timeout: Duration },
 }
 
-/// Runs `script` (through bash when it is not executable, as the control
-/// plane's agent writes scripts without a shebang) in its own process group
-/// and kills the whole group on timeout.
+fn has_shebang(script: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(script)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"#!")
+}
+
+fn is_executable(script: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs `script` in its own process group and kills the whole group on
+/// timeout.
 pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError> {
     let path = script.display().to_string();
-    let mut command = Command::new("/bin/bash");
+    // A script with a shebang that may be executed runs as itself (python,
+    // sh, ...); anything else through bash, as the control plane's agent
+    // runs scripts written without one.
+    let mut command = if has_shebang(script) && is_executable(script) {
+        Command::new(script)
+    } else {
+        let mut c = Command::new("/bin/bash");
+        c.arg(script);
+        c
+    };
     command
-        .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -46,31 +65,8 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
         source,
     })?;
     let pgid = child.id().map(|p| p as i32);
-    for (stream, reader) in [
-        (
-            "stdout",
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ),
-        (
-            "stderr",
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ),
-    ] {
-        if let Some(reader) = reader {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "pre_runner", stream, "{line}");
-                }
-            });
-        }
-    }
+    crate::runner::forward_output("pre-runner stdout", child.stdout.take());
+    crate::runner::forward_output("pre-runner stderr", child.stderr.take());
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(PreRunnerError::Failed { path, status }),
@@ -111,5 +107,18 @@ mod tests {
             Err(PreRunnerError::TimedOut { .. })
         ));
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn shebang_scripts_run_as_themselves() {
+        use std::os::unix::fs::PermissionsExt;
+        // `shopt` exists only in bash: run by sh, this fails.
+        let sh = script("#!/bin/sh\nif command -v shopt >/dev/null 2>&1 && shopt -q extglob 2>/dev/null; then exit 9; fi\nexit 0\n");
+        std::fs::set_permissions(sh.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        run(sh.path(), Duration::from_secs(5)).await.unwrap();
+        assert!(has_shebang(sh.path()) && is_executable(sh.path()));
+        let plain = script("echo no shebang\n");
+        assert!(!has_shebang(plain.path()));
+        run(plain.path(), Duration::from_secs(5)).await.unwrap();
     }
 }

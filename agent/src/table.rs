@@ -259,8 +259,9 @@ impl Table {
 fn string_attr(item: &Item, name: &str) -> Option<String> {
     match item.get(name)? {
         AttributeValue::S(s) => Some(s.clone()),
-        other => {
-            tracing::warn!(attribute = name, value = ?other, "ignoring attribute that is not a string");
+        _ => {
+            // The type only: the value may be a secret stored the wrong way.
+            tracing::debug!(attribute = name, "ignoring attribute that is not a string");
             None
         }
     }

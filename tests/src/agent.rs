@@ -34,6 +34,9 @@ pub struct AgentSpec {
     pub sha256: Option<String>,
     /// `runner.user`: the runner runs as this user.
     pub user: Option<String>,
+    /// Keep the agent's own timing defaults instead of the stack's quick
+    /// expiry checks (the benchmark measures what ships).
+    pub production_timing: bool,
     /// TOML lines appended to the `[timing]` table.
     pub timing: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -77,9 +80,10 @@ impl Stack {
                 script.display()
             ));
         }
-        toml.push_str(
-            "\n[timing]\nexpiry_check_interval = \"1s\"\nself_termination_grace = \"0s\"\n",
-        );
+        toml.push_str("\n[timing]\n");
+        if !spec.production_timing {
+            toml.push_str("expiry_check_interval = \"1s\"\nself_termination_grace = \"0s\"\n");
+        }
         for line in &spec.timing {
             toml.push_str(line);
             toml.push('\n');

@@ -13,19 +13,42 @@ async fn check_passes_on_a_good_instance_and_names_what_fails() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     stack.write_config(&spec);
-    let out = stack.agent_command(&["check"], &spec).output().await.unwrap();
+    let out = stack
+        .agent_command(&["check"], &spec)
+        .output()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for line in ["ok    config", "ok    imds: instance", "ok    tag InitialRunId", "ok    table", "ok    runner dir", "ok    state dir"] {
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "ok    config",
+        "ok    imds: instance",
+        "ok    tag InitialRunId",
+        "ok    table",
+        "ok    runner dir",
+        "ok    state dir",
+    ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
     assert!(text.contains("checksum from the release API"), "{text}");
 
     // A table that does not exist and no InitialRunId tag: two failures.
     let config = std::fs::read_to_string(stack.config_path()).unwrap();
-    std::fs::write(stack.config_path(), config.replace(&stack.cp.table, "no-such-table")).unwrap();
+    std::fs::write(
+        stack.config_path(),
+        config.replace(&stack.cp.table, "no-such-table"),
+    )
+    .unwrap();
     stack.imds.state.lock().unwrap().tags.remove("InitialRunId");
-    let out = stack.agent_command(&["check"], &spec).output().await.unwrap();
+    let out = stack
+        .agent_command(&["check"], &spec)
+        .output()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL  table"), "{text}");
@@ -38,8 +61,16 @@ async fn status_json_reports_phase_and_registration() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
-    stack.cp.wait_signal(&stack.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT).await.expect("registered");
-    let out = stack.agent_command(&["status", "--json"], &spec).output().await.unwrap();
+    stack
+        .cp
+        .wait_signal(&stack.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
+        .await
+        .expect("registered");
+    let out = stack
+        .agent_command(&["status", "--json"], &spec)
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(status["running"], true);
@@ -47,7 +78,11 @@ async fn status_json_reports_phase_and_registration() {
     assert_eq!(status["registration"]["run_id"], INITIAL_RUN_ID);
     assert_eq!(status["last_signal"]["signal"], "UD_REG_OK");
     assert_eq!(status["instance_id"], stack.instance_id.as_str());
-    let human = stack.agent_command(&["status"], &spec).output().await.unwrap();
+    let human = stack
+        .agent_command(&["status"], &spec)
+        .output()
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("phase:        registered"));
     drop(agent);
 }
@@ -68,16 +103,22 @@ async fn notifies_systemd_ready_and_status() {
     let mut seen = String::new();
     let started = Instant::now();
     let mut buf = vec![0u8; 4096];
-    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1") && seen.contains("STATUS=registered")) {
+    while !(seen.contains("READY=1")
+        && seen.contains("WATCHDOG=1")
+        && seen.contains("STATUS=registered"))
+    {
         assert!(started.elapsed() < WAIT, "got only:\n{seen}");
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+        {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             seen.push('\n');
         }
     }
     agent.kill(libc::SIGTERM);
     agent.wait_exit(WAIT).await.expect("exits");
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await {
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+    {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("STOPPING=1"), "{seen}");
@@ -94,13 +135,25 @@ async fn runner_runs_as_the_configured_user() {
         return;
     }
     const USER: &str = "ra-runner";
-    let exists = std::process::Command::new("id").arg(USER).output().unwrap().status.success();
+    let exists = std::process::Command::new("id")
+        .arg(USER)
+        .output()
+        .unwrap()
+        .status
+        .success();
     if !exists {
         let status = std::process::Command::new("useradd")
             .args(["--system", "--no-create-home", "--shell", "/bin/bash", USER])
             .status()
             .unwrap();
-        assert!(status.success() || std::process::Command::new("id").arg(USER).status().unwrap().success());
+        assert!(
+            status.success()
+                || std::process::Command::new("id")
+                    .arg(USER)
+                    .status()
+                    .unwrap()
+                    .success()
+        );
     }
     let stack = Stack::start(StackOptions::default()).await;
     // The runner user must reach its directory and the fake's log and queue.
@@ -113,25 +166,43 @@ async fn runner_runs_as_the_configured_user() {
         ..Default::default()
     });
     let id = &stack.instance_id;
-    stack.cp.wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT).await.unwrap_or_else(|l| panic!("{l:?}\n{}", agent.log_text()));
-    let uid = std::fs::metadata(stack.runner_dir().join(".runner")).unwrap().uid();
+    stack
+        .cp
+        .wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
+        .await
+        .unwrap_or_else(|l| panic!("{l:?}\n{}", agent.log_text()));
+    let uid = std::fs::metadata(stack.runner_dir().join(".runner"))
+        .unwrap()
+        .uid();
     assert_ne!(uid, 0, ".runner written by root");
-    assert_eq!(std::fs::metadata(stack.runner_dir().join("config.sh")).unwrap().uid(), uid, "install not chowned");
+    assert_eq!(
+        std::fs::metadata(stack.runner_dir().join("config.sh"))
+            .unwrap()
+            .uid(),
+        uid,
+        "install not chowned"
+    );
     let started = Instant::now();
     let listener_pid = loop {
-        if let Some(pid) = stack
-            .runner_events()
-            .iter()
-            .find_map(|(_, e)| e.strip_prefix("LISTENER_START ").and_then(|r| r.split("pid=").nth(1)).map(str::to_owned))
-        {
+        if let Some(pid) = stack.runner_events().iter().find_map(|(_, e)| {
+            e.strip_prefix("LISTENER_START ")
+                .and_then(|r| r.split("pid=").nth(1))
+                .map(str::to_owned)
+        }) {
             break pid;
         }
         assert!(started.elapsed() < WAIT, "listener never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let listener_uid = std::fs::metadata(format!("/proc/{listener_pid}")).unwrap().uid();
+    let listener_uid = std::fs::metadata(format!("/proc/{listener_pid}"))
+        .unwrap()
+        .uid();
     assert_eq!(listener_uid, uid, "listener not running as {USER}");
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack.cp.wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT).await.expect("released");
+    stack
+        .cp
+        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
+        .await
+        .expect("released");
     assert!(!stack.runner_dir().join(".runner").exists());
 }

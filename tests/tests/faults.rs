@@ -198,7 +198,8 @@ async fn metadata_tags_off_reads_the_tag_through_ec2() {
 /// and say why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_never_terminates_without_the_tag_or_a_readable_threshold() {
-    let cases: [(Vec<(&'static str, &'static str)>, &str, &str); 4] = [
+    type Tags = Vec<(&'static str, &'static str)>;
+    let cases: [(Tags, &str, &str); 4] = [
         (
             vec![("InitialRunId", INITIAL_RUN_ID)],
             "2020-01-01T00:00:00Z",

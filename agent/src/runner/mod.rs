@@ -11,6 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tracing::Instrument;
 use user::RunnerUser;
 
 /// Files the runner writes when configured; all of them must be gone
@@ -167,13 +168,15 @@ impl RunnerControl {
 
     async fn run_to_end(
         &self,
-        mut command: Command,
+        command: Command,
         script: &'static str,
         what: &'static str,
     ) -> Result<(), RunnerError> {
-        // If the caller gives up (the agent is stopping), kill the script.
-        command.kill_on_drop(true);
         let mut child = self.spawn(command, script)?;
+        // If the caller gives up (the agent is stopping), kill the script's
+        // whole group: an orphaned `Runner.Listener configure` could write
+        // `.runner` after the agent cleaned up.
+        let _guard = GroupKillGuard(child.id().map(|p| p as i32));
         let status = child.wait().await.map_err(|source| RunnerError::Spawn {
             program: self.dir.join(script),
             source,
@@ -208,7 +211,15 @@ impl RunnerControl {
                 "--labels",
                 &labels,
             ])
-            .args(["--no-default-labels", "--disableupdate", "--unattended"])
+            // --replace: after lost state the name can come again, and the
+            // old registration may still be on GitHub (removal is often
+            // local only); the instance id in the name keeps it ours.
+            .args([
+                "--no-default-labels",
+                "--disableupdate",
+                "--unattended",
+                "--replace",
+            ])
             .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
         self.run_to_end(command, "config.sh", "config.sh").await
     }
@@ -302,6 +313,20 @@ impl RunnerControl {
 
 /// A running `run.sh`: our child, or one adopted from an earlier agent
 /// process (after a crash) that we can watch and stop but not wait on.
+/// Kills a process group when dropped before the group is done.
+struct GroupKillGuard(Option<i32>);
+
+impl Drop for GroupKillGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            if !tree::tree_members(pgid).is_empty() {
+                // SAFETY: plain kill(2) on a group we created.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 pub struct RunningRunner {
     child: Option<Child>,
     pgid: i32,
@@ -345,12 +370,30 @@ fn dup_stderr() -> std::io::Result<Stdio> {
     Ok(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?))
 }
 
-fn forward_output(script: &'static str, stream: Option<impl AsyncRead + Unpin + Send + 'static>) {
+/// Sends a child's output into the agent's log, line by line. Bytes that
+/// are not UTF-8 (dpkg, compilers in odd locales) are replaced, never a
+/// reason to stop reading: a reader that stops would kill the child with
+/// SIGPIPE on its next write.
+pub fn forward_output(
+    source: &'static str,
+    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
+) {
     let Some(stream) = stream else { return };
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "runner", script, "{line}");
+    tokio::spawn(
+        async move {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        tracing::info!(target: "child_output", source, "{}", text.trim_end());
+                    }
+                }
+            }
         }
-    });
+        .in_current_span(),
+    );
 }

@@ -24,7 +24,10 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Deterministic jitter (so runs are comparable): claims land at spread-out
@@ -32,7 +35,10 @@ fn now_unix() -> f64 {
 struct Jitter(u64);
 impl Jitter {
     fn next(&mut self, max: Duration) -> Duration {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         max.mul_f64((self.0 >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
@@ -47,12 +53,15 @@ fn log_entries(agent: &AgentProcess) -> Vec<Value> {
 
 fn unix_of(entry: &Value) -> f64 {
     let ts = entry["timestamp"].as_str().unwrap_or_default();
-    let at = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
+    let at =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
     at.unix_timestamp_nanos() as f64 / 1e9
 }
 
 fn find<'a>(entries: &'a [Value], message: &str, key: &str, value: &str) -> Option<&'a Value> {
-    entries.iter().find(|e| e["message"] == message && e[key] == value)
+    entries
+        .iter()
+        .find(|e| e["message"] == message && e[key] == value)
 }
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
@@ -101,6 +110,7 @@ async fn main() {
     let cp = &stack.cp;
     let spec = AgentSpec {
         pre_runner: Some(String::new()),
+        production_timing: true,
         ..Default::default()
     };
     stack.preinstall_runner(&spec).await;
@@ -112,7 +122,9 @@ async fn main() {
         let _ = std::fs::remove_dir_all(stack.dir.path().join("state"));
         let spawned = now_unix();
         let mut agent = stack.spawn_agent(&spec);
-        cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, WAIT).await.expect("UD_OK");
+        cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, WAIT)
+            .await
+            .expect("UD_OK");
         let entries = log_entries(&agent);
         let ok = entries
             .iter()
@@ -120,20 +132,37 @@ async fn main() {
             .nth(n)
             .expect("UD_OK logged");
         start_ms.push((unix_of(ok) - spawned) * 1000.0);
-        cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, WAIT).await.expect("registered");
+        cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
+            .await
+            .expect("registered");
         agent.kill(libc::SIGTERM);
         agent.wait_exit(WAIT).await.expect("stops");
         // Clear the signal so the next start's UD_OK is seen afresh.
-        cp.put_instance(&id, "created", INITIAL_RUN_ID, &stack::control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(3600))).await;
+        cp.put_instance(
+            &id,
+            "created",
+            INITIAL_RUN_ID,
+            &stack::control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(3600)),
+        )
+        .await;
     }
-    rows.push(Row { name: "start -> UD_OK p50", measured: percentile(&mut start_ms, 50.0), target: 300.0, unit: "ms" });
+    rows.push(Row {
+        name: "start -> UD_OK p50",
+        measured: percentile(&mut start_ms, 50.0),
+        target: 300.0,
+        unit: "ms",
+    });
 
     // The long-lived agent for the remaining phases.
     let _ = std::fs::remove_dir_all(stack.dir.path().join("state"));
     let agent = stack.spawn_agent(&spec);
-    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, WAIT).await.expect("registered");
+    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
+        .await
+        .expect("registered");
     cp.release(&id, INITIAL_RUN_ID, "created").await;
-    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT).await.expect("released");
+    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
+        .await
+        .expect("released");
     let pid = agent_pid(&agent);
 
     // Idle: CPU and read units over the window.
@@ -145,8 +174,18 @@ async fn main() {
     let idle_cpu = (proc_stat_cpu_seconds(pid) - cpu0) / wall0.elapsed().as_secs_f64() * 100.0;
     let idle_counts = stack.proxy.counts();
     let minutes = wall0.elapsed().as_secs_f64() / 60.0;
-    rows.push(Row { name: "CPU while idle", measured: idle_cpu, target: 0.5, unit: "% core" });
-    rows.push(Row { name: "read units per idle minute", measured: idle_counts.read_units() / minutes, target: 120.0, unit: "RCU" });
+    rows.push(Row {
+        name: "CPU while idle",
+        measured: idle_cpu,
+        target: 0.5,
+        unit: "% core",
+    });
+    rows.push(Row {
+        name: "read units per idle minute",
+        measured: idle_counts.read_units() / minutes,
+        target: 120.0,
+        unit: "RCU",
+    });
 
     // Claims and releases at spread-out phases.
     let mut claim_ms = Vec::new();
@@ -155,18 +194,28 @@ async fn main() {
     let mut release_total_ms = Vec::new();
     for n in 0..claims {
         let run = format!("5000-{n}");
-        tokio::time::sleep(Duration::from_millis(300) + jitter.next(Duration::from_millis(250))).await;
+        tokio::time::sleep(Duration::from_millis(300) + jitter.next(Duration::from_millis(250)))
+            .await;
         cp.claim(&id, &run).await;
         let claimed = now_unix();
-        cp.wait_signal(&id, "UD_REG_OK", &run, WAIT).await.expect("UD_REG_OK");
-        tokio::time::sleep(Duration::from_millis(200) + jitter.next(Duration::from_millis(1000))).await;
+        cp.wait_signal(&id, "UD_REG_OK", &run, WAIT)
+            .await
+            .expect("UD_REG_OK");
+        tokio::time::sleep(Duration::from_millis(200) + jitter.next(Duration::from_millis(1000)))
+            .await;
         cp.release(&id, &run, "claimed").await;
         let released = now_unix();
-        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT).await.expect("released");
+        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
+            .await
+            .expect("released");
         let entries = log_entries(&agent);
         let reg_ok = entries
             .iter()
-            .find(|e| e["message"] == "signal written" && e["signal"] == "UD_REG_OK" && e["run_id"] == run.as_str())
+            .find(|e| {
+                e["message"] == "signal written"
+                    && e["signal"] == "UD_REG_OK"
+                    && e["run_id"] == run.as_str()
+            })
             .expect("UD_REG_OK logged");
         let config_ms = entries
             .iter()
@@ -180,7 +229,9 @@ async fn main() {
         let removed = find(&entries, "signal written", "run_id", &run)
             .and_then(|_| {
                 entries.iter().find(|e| {
-                    e["message"] == "signal written" && e["signal"] == "UD_REMOVE_REG_REMOVE_RUN_OK" && e["run_id"] == run.as_str()
+                    e["message"] == "signal written"
+                        && e["signal"] == "UD_REMOVE_REG_REMOVE_RUN_OK"
+                        && e["run_id"] == run.as_str()
                 })
             })
             .expect("REMOVE_RUN_OK logged");
@@ -191,14 +242,31 @@ async fn main() {
         release_total_ms.push(total);
         release_ms.push(total - remove_ms);
     }
-    rows.push(Row { name: "claim -> UD_REG_OK p50", measured: percentile(&mut claim_ms, 50.0), target: 150.0, unit: "ms" });
-    rows.push(Row { name: "claim -> UD_REG_OK p90", measured: percentile(&mut claim_ms, 90.0), target: 300.0, unit: "ms" });
-    rows.push(Row { name: "release -> REMOVE_RUN_OK p50", measured: percentile(&mut release_ms, 50.0), target: 1500.0, unit: "ms" });
+    rows.push(Row {
+        name: "claim -> UD_REG_OK p50",
+        measured: percentile(&mut claim_ms, 50.0),
+        target: 150.0,
+        unit: "ms",
+    });
+    rows.push(Row {
+        name: "claim -> UD_REG_OK p90",
+        measured: percentile(&mut claim_ms, 90.0),
+        target: 300.0,
+        unit: "ms",
+    });
+    rows.push(Row {
+        name: "release -> REMOVE_RUN_OK p50",
+        measured: percentile(&mut release_ms, 50.0),
+        target: 1500.0,
+        unit: "ms",
+    });
 
     // A job: DynamoDB reads while it runs.
     let run = "6000-1".to_owned();
     cp.claim(&id, &run).await;
-    cp.wait_signal(&id, "UD_REG_OK", &run, WAIT).await.expect("UD_REG_OK");
+    cp.wait_signal(&id, "UD_REG_OK", &run, WAIT)
+        .await
+        .expect("UD_REG_OK");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.queue_job(&run, job_secs);
     while stack.count_events("JOB_START") == 0 {
@@ -212,15 +280,31 @@ async fn main() {
     while stack.count_events("JOB_END") == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let job_reads = stack.proxy.counts().dynamodb_reads() as f64 / job_window.elapsed().as_secs_f64() * 10.0;
-    rows.push(Row { name: "DynamoDB reads per 10 s during a job", measured: job_reads, target: 1.0, unit: "reads" });
+    let job_reads =
+        stack.proxy.counts().dynamodb_reads() as f64 / job_window.elapsed().as_secs_f64() * 10.0;
+    rows.push(Row {
+        name: "DynamoDB reads per 10 s during a job",
+        measured: job_reads,
+        target: 1.0,
+        unit: "reads",
+    });
     cp.release(&id, &run, "claimed").await;
-    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT).await.expect("released");
+    cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
+        .await
+        .expect("released");
 
     let peak = peak_rss_kib(pid) as f64 / 1024.0;
-    rows.push(Row { name: "agent peak memory (VmHWM)", measured: peak, target: 15.0, unit: "MiB" });
+    rows.push(Row {
+        name: "agent peak memory (VmHWM)",
+        measured: peak,
+        target: 15.0,
+        unit: "MiB",
+    });
 
-    println!("\n{:<38} {:>10} {:>10}  {:<7} {:>7}  verdict", "figure", "measured", "target", "unit", "ratio");
+    println!(
+        "\n{:<38} {:>10} {:>10}  {:<7} {:>7}  verdict",
+        "figure", "measured", "target", "unit", "ratio"
+    );
     for r in &rows {
         let ratio = r.measured / r.target;
         println!(
