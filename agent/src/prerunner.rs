@@ -60,10 +60,24 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
     for name in crate::notify::PRIVATE_ENV {
         command.env_remove(name);
     }
-    let mut child = command.spawn().map_err(|source| PreRunnerError::Spawn {
-        path: path.clone(),
-        source,
-    })?;
+    // A script just written (by cloud-init, or another thread's fork still
+    // holding the write descriptor) can be briefly "text file busy".
+    let mut busy_retries = 5;
+    let mut child = loop {
+        match command.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && busy_retries > 0 => {
+                busy_retries -= 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => {
+                return Err(PreRunnerError::Spawn {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+    };
     let pgid = child.id().map(|p| p as i32);
     crate::runner::forward_output("pre-runner stdout", child.stdout.take());
     crate::runner::forward_output("pre-runner stderr", child.stderr.take());
@@ -85,10 +99,24 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
 mod tests {
     use super::*;
 
-    fn script(body: &str) -> tempfile::NamedTempFile {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), body).unwrap();
-        file
+    struct Script {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    }
+
+    impl Script {
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    /// A script in a file that is closed once written (an open descriptor
+    /// would make executing it fail with ETXTBSY).
+    fn script(body: &str) -> Script {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script");
+        std::fs::write(&path, body).unwrap();
+        Script { _dir: dir, path }
     }
 
     #[tokio::test]
