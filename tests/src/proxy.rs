@@ -16,6 +16,10 @@ pub struct Counts {
     pub operations: BTreeMap<String, u64>,
     /// Requests carrying `"ConsistentRead":true`, by operation.
     pub consistent: BTreeMap<String, u64>,
+    /// TCP connections the agent opened.
+    pub connections: u64,
+    /// When each DynamoDB read was sent, for rate limits over any window.
+    pub read_times: Vec<std::time::Instant>,
 }
 
 impl Counts {
@@ -31,6 +35,20 @@ impl Counts {
         let consistent_gets = self.consistent.get("GetItem").copied().unwrap_or(0) as f64;
         let batches = self.get("BatchGetItem") as f64;
         (gets - consistent_gets) * 0.5 + consistent_gets + batches * 2.0
+    }
+
+    /// The most DynamoDB reads sent within any `window`.
+    pub fn max_reads_within(&self, window: std::time::Duration) -> usize {
+        let t = &self.read_times;
+        (0..t.len())
+            .map(|i| {
+                t[i..]
+                    .iter()
+                    .take_while(|x| x.duration_since(t[i]) < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn dynamodb_reads(&self) -> u64 {
@@ -65,11 +83,10 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                counts.lock().unwrap().connections += 1;
                 let (upstream, counts, down) = (upstream.clone(), counts.clone(), down.clone());
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(&upstream).await {
-                        let _ = relay(client, server, counts, down).await;
-                    }
+                    let _ = relay(client, upstream, counts, down).await;
                 });
             }
         });
@@ -92,42 +109,17 @@ impl Proxy {
 
 async fn relay(
     client: TcpStream,
-    server: TcpStream,
+    upstream: String,
     counts: Arc<Mutex<Counts>>,
     down: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let (client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let responses = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-    });
     let mut reader = BufReader::new(client_read);
     loop {
-        let mut head = Vec::new();
-        let mut length = 0usize;
-        let mut op = None;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await? == 0 {
-                responses.abort();
-                return Ok(());
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("x-amz-target:") {
-                op = line.trim().rsplit('.').next().map(str::to_owned);
-            }
-            head.extend_from_slice(line.as_bytes());
-            if line == "\r\n" || line == "\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).await?;
+        let Some((head, body, op)) = read_request(&mut reader).await? else {
+            return Ok(());
+        };
         if down.load(Ordering::SeqCst) {
-            responses.abort();
             return Ok(());
         }
         let text = String::from_utf8_lossy(&body);
@@ -138,12 +130,89 @@ async fn relay(
         });
         if let Some(op) = op {
             let mut c = counts.lock().unwrap();
+            if matches!(op.as_str(), "GetItem" | "BatchGetItem" | "Query" | "Scan") {
+                c.read_times.push(std::time::Instant::now());
+            }
             *c.operations.entry(op.clone()).or_default() += 1;
             if text.contains("\"ConsistentRead\":true") {
                 *c.consistent.entry(op).or_default() += 1;
             }
         }
-        server_write.write_all(&head).await?;
-        server_write.write_all(&body).await?;
+        // moto answers every request with `Connection: close`; DynamoDB
+        // keeps connections alive. One upstream connection per request, and
+        // the agent's connection kept open, so that the agent's cost per
+        // request is what it is against the real service.
+        let mut server = TcpStream::connect(&upstream).await?;
+        server.write_all(&head).await?;
+        server.write_all(&body).await?;
+        let response = read_response(&mut server).await?;
+        client_write.write_all(&response).await?;
     }
+}
+
+type Request = (Vec<u8>, Vec<u8>, Option<String>);
+
+async fn read_request(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+) -> std::io::Result<Option<Request>> {
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    let mut op = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("x-amz-target:") {
+            op = line.trim().rsplit('.').next().map(str::to_owned);
+        }
+        head.extend_from_slice(line.as_bytes());
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await?;
+    Ok(Some((head, body, op)))
+}
+
+/// Reads one response and re-frames it without `Connection: close`.
+async fn read_response(server: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut reader = BufReader::new(server);
+    let mut head = Vec::new();
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        if lower.starts_with("connection:") || lower.starts_with("content-length:") {
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().ok();
+            }
+            continue;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).await?;
+        }
+        None => {
+            reader.read_to_end(&mut body).await?;
+        }
+    }
+    head.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    head.extend_from_slice(&body);
+    Ok(head)
 }

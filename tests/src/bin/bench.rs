@@ -280,11 +280,11 @@ async fn main() {
     while stack.count_events("JOB_END") == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let job_reads =
-        stack.proxy.counts().dynamodb_reads() as f64 / job_window.elapsed().as_secs_f64() * 10.0;
+    let job_counts = stack.proxy.counts();
+    let job_rate = job_counts.dynamodb_reads() as f64 / job_window.elapsed().as_secs_f64() * 10.0;
     rows.push(Row {
-        name: "DynamoDB reads per 10 s during a job",
-        measured: job_reads,
+        name: "max DynamoDB reads in any 10 s of a job",
+        measured: job_counts.max_reads_within(Duration::from_secs(10)) as f64,
         target: 1.0,
         unit: "reads",
     });
@@ -322,7 +322,14 @@ async fn main() {
         percentile(&mut claim_total_ms, 50.0),
         percentile(&mut release_total_ms, 50.0)
     );
-    println!("idle requests by operation: {:?}", idle_counts.operations);
+    println!(
+        "idle requests by operation: {:?}; TCP connections opened: {}",
+        idle_counts.operations, idle_counts.connections
+    );
+    println!(
+        "during the job: {} DynamoDB reads, {job_rate:.2} per 10 s on average",
+        job_counts.dynamodb_reads()
+    );
     println!("(ratio = measured / target: machine-independent; <= 1 meets the target)");
 }
 
