@@ -144,13 +144,22 @@ impl ControlPlane {
             item.insert(k.into(), s(v));
         }
         item.insert("updatedAt".into(), s(&iso(OffsetDateTime::now_utc())));
+        self.put(item).await;
+    }
+
+    async fn put(&self, item: HashMap<String, AttributeValue>) {
         self.ddb
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
             .send()
             .await
-            .expect("put instance");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "put item: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                )
+            });
     }
 
     async fn transition(
@@ -230,13 +239,7 @@ impl ControlPlane {
         item.insert("identifier".into(), s("gh_registration_token"));
         item.insert("updatedAt".into(), s(&iso(now)));
         item.insert("value".into(), AttributeValue::M(value));
-        self.ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("put token");
+        self.put(item).await;
     }
 
     async fn get(&self, pk: &str, id: &str) -> Option<HashMap<String, AttributeValue>> {

@@ -31,6 +31,7 @@ async fn check_passes_on_a_good_instance_and_names_what_fails() {
         "ok    table",
         "ok    runner dir",
         "ok    state dir",
+        "ok    tag AllowSelfTermination: true",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }

@@ -27,6 +27,17 @@ async fn boot(stack: &Stack, spec: &AgentSpec) -> AgentProcess {
     agent
 }
 
+/// Boots an agent until it is registered, then SIGKILLs it: the runner is
+/// left running, as after a crash.
+async fn crash_while_registered(stack: &Stack) {
+    let mut agent = boot(stack, &AgentSpec::default()).await;
+    agent.kill(libc::SIGKILL);
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("killed");
+}
+
 async fn stack_with_tags(tags: Vec<(&'static str, &'static str)>, tags_in_metadata: bool) -> Stack {
     Stack::start(StackOptions {
         tags,
@@ -281,12 +292,7 @@ async fn dynamodb_outage_never_terminates_and_the_agent_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration() {
     let stack = Stack::start(StackOptions::default()).await;
-    let mut agent = boot(&stack, &AgentSpec::default()).await;
-    agent.kill(libc::SIGKILL);
-    agent
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .expect("killed");
+    crash_while_registered(&stack).await;
     let agent = stack.spawn_agent(&AgentSpec::default());
     assert!(
         agent
@@ -335,12 +341,7 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_while_down_is_deregistered_and_signalled_on_restart() {
     let stack = Stack::start(StackOptions::default()).await;
-    let mut agent = boot(&stack, &AgentSpec::default()).await;
-    agent.kill(libc::SIGKILL);
-    agent
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .expect("killed");
+    crash_while_registered(&stack).await;
     let id = &stack.instance_id;
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     let _agent = stack.spawn_agent(&AgentSpec::default());

@@ -2,7 +2,7 @@
 //! failed.
 
 use crate::config::Settings;
-use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION, TAG_INITIAL_RUN_ID};
+use crate::imds::{Imds, TagSource, TAG_INITIAL_RUN_ID};
 use crate::runner::install;
 use std::path::Path;
 use std::process::ExitCode;
@@ -72,17 +72,23 @@ pub async fn run(config: &Path) -> ExitCode {
                 }
                 Err(e) => e.to_string(),
             };
-            let allow = imds.tag(TAG_ALLOW_SELF_TERMINATION).await.ok().flatten();
-            report.line(
-                "tag AllowSelfTermination",
-                Ok(format!(
-                    "{} ({tags})",
-                    allow
-                        .as_deref()
-                        .unwrap_or("not set: the agent will never terminate this instance")
-                )),
-            );
             let sdk = crate::agent::aws_config(&id.region).await;
+            // The same reading the expiry watchdog makes (metadata tags, or
+            // ec2:DescribeTags when they are off).
+            let terminator = crate::expiry::SelfTermination {
+                imds: imds.clone(),
+                ec2: aws_sdk_ec2::Client::new(&sdk),
+                instance_id: id.instance_id.clone(),
+            };
+            let allow = match terminator.permission().await {
+                crate::expiry::Permission::Allowed => {
+                    "true: the agent terminates this instance once expired".to_owned()
+                }
+                crate::expiry::Permission::Denied(why) => {
+                    format!("{why}: the agent will never terminate this instance")
+                }
+            };
+            report.line("tag AllowSelfTermination", Ok(format!("{allow} ({tags})")));
             let table = crate::table::Table::new(
                 aws_sdk_dynamodb::Client::new(&sdk),
                 &settings.table,
