@@ -122,6 +122,19 @@ impl Stack {
             .collect()
     }
 
+    /// Waits (up to 30 s) for the worker signal `state` for `run_id`, as
+    /// the control plane does; panics with the last signal seen.
+    pub async fn expect_signal(&self, state: &str, run_id: &str) {
+        const TIMEOUT: Duration = Duration::from_secs(30);
+        if let Err(last) = self
+            .cp
+            .wait_signal(&self.instance_id, state, run_id, TIMEOUT)
+            .await
+        {
+            panic!("no {state} for run {run_id} within {TIMEOUT:?}; last signal: {last:?}");
+        }
+    }
+
     pub fn count_events(&self, prefix: &str) -> usize {
         self.runner_events()
             .iter()

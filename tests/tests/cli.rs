@@ -62,11 +62,7 @@ async fn status_json_reports_phase_and_registration() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
-    stack
-        .cp
-        .wait_signal(&stack.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("registered");
+    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
     let out = stack
         .agent_command(&["status", "--json"], &spec)
         .output()
@@ -201,9 +197,7 @@ async fn runner_runs_as_the_configured_user() {
     assert_eq!(listener_uid, uid, "listener not running as {USER}");
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .cp
-        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("released");
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
     assert!(!stack.runner_dir().join(".runner").exists());
 }

@@ -53,11 +53,7 @@ async fn failing_pre_runner_script_signals_ud_failed_and_never_registers() {
         pre_runner: Some("echo about to fail\nexit 7\n".into()),
         ..Default::default()
     });
-    stack
-        .cp
-        .wait_signal(&stack.instance_id, "UD_FAILED", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("UD_FAILED");
+    stack.expect_signal("UD_FAILED", INITIAL_RUN_ID).await;
     // The record is claimed for the initial run; a failed instance must not
     // register for it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -78,12 +74,7 @@ async fn expired_token_is_refused_then_a_fresh_one_registers() {
         .put_token("EXPIREDTOKEN", time::Duration::minutes(-5))
         .await;
     let agent = stack.spawn_agent(&AgentSpec::default());
-    let id = &stack.instance_id;
-    stack
-        .cp
-        .wait_signal(id, "UD_REG_FAILED", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("UD_REG_FAILED");
+    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
     assert_eq!(
         stack.count_events("CONFIGURE"),
         0,
@@ -93,11 +84,7 @@ async fn expired_token_is_refused_then_a_fresh_one_registers() {
         .cp
         .put_token("FRESHTOKEN", time::Duration::hours(1))
         .await;
-    stack
-        .cp
-        .wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("UD_REG_OK after refresh");
+    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
     assert_eq!(stack.count_events("CONFIGURE "), 1);
     assert!(agent.log_text().contains("expired"), "reason not logged");
 }
@@ -115,11 +102,7 @@ async fn checksum_mismatch_unpacks_nothing_and_runs_nothing() {
         .tarball
         .extend_from_slice(b"tampered");
     let agent = stack.spawn_agent(&AgentSpec::default());
-    stack
-        .cp
-        .wait_signal(&stack.instance_id, "UD_REG_FAILED", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("claims answered with UD_REG_FAILED");
+    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
     assert!(!stack.runner_dir().exists(), "something was unpacked");
     assert_eq!(stack.count_events("CONFIGURE"), 0);
     assert_eq!(stack.count_events("LISTENER_START"), 0);
@@ -144,11 +127,7 @@ async fn pinned_digest_is_used_and_a_wrong_pin_is_refused() {
         sha256: Some(wrong.clone()),
         ..Default::default()
     });
-    stack
-        .cp
-        .wait_signal(&stack.instance_id, "UD_REG_FAILED", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("refused");
+    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
     assert!(agent.log_text().contains(&wrong));
     assert!(!stack.runner_dir().exists());
 }
@@ -271,10 +250,8 @@ async fn dynamodb_outage_never_terminates_and_the_agent_recovers() {
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack.proxy.set_down(false);
     stack
-        .cp
-        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("released after outage");
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
     assert_eq!(
         stack.cp.instance_state(id).await,
         "running",
@@ -312,10 +289,8 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
     let id = &stack.instance_id;
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .cp
-        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("released");
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
     assert_eq!(
         stack.count_events("LISTENER_EXIT"),
         1,
@@ -324,11 +299,7 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
         agent.log_text()
     );
     stack.cp.claim(id, "3000-1").await;
-    stack
-        .cp
-        .wait_signal(id, "UD_REG_OK", "3000-1", WAIT)
-        .await
-        .expect("next claim");
+    stack.expect_signal("UD_REG_OK", "3000-1").await;
     assert!(
         stack
             .runner_events()
@@ -346,10 +317,8 @@ async fn released_while_down_is_deregistered_and_signalled_on_restart() {
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     let _agent = stack.spawn_agent(&AgentSpec::default());
     stack
-        .cp
-        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .expect("signalled");
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
     assert!(!stack.runner_dir().join(".runner").exists());
     assert_eq!(
         stack.count_events("LISTENER_EXIT"),

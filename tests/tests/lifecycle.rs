@@ -19,13 +19,9 @@ async fn full_lifecycle_and_five_more_cycles() {
         ..Default::default()
     });
     let cp = &stack.cp;
-    cp.wait_signal(&id, "UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await
-        .expect("UD_OK");
+    stack.expect_signal("UD_OK", INITIAL_RUN_ID).await;
     // The control plane created the instance for the initial run: claimed.
-    cp.wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await
-        .expect("UD_REG_OK");
+    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
     assert!(
         agent
             .wait_log("preparing the instance", Duration::from_secs(5))
@@ -44,9 +40,7 @@ async fn full_lifecycle_and_five_more_cycles() {
     for cycle in 1..=5 {
         let run_id = format!("2000-{cycle}");
         cp.claim(&id, &run_id).await;
-        cp.wait_signal(&id, "UD_REG_OK", &run_id, SIGNAL_WAIT)
-            .await
-            .expect("UD_REG_OK");
+        stack.expect_signal("UD_REG_OK", &run_id).await;
         if cycle == 3 {
             stack.queue_job(&run_id, 2);
             assert!(agent.wait_log("", Duration::from_millis(1)).await);
