@@ -65,31 +65,32 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-fn asset_name() -> String {
-    let arch = if cfg!(target_arch = "aarch64") {
-        "arm64"
-    } else {
-        "x64"
-    };
+/// The release's assets; the fake serves the same tarball under both linux
+/// architectures, so an aarch64 agent (under qemu) finds its `arm64` one.
+const ARCHES: [&str; 2] = ["x64", "arm64"];
+
+fn asset_name(arch: &str) -> String {
     format!("actions-runner-linux-{arch}-{FAKE_RUNNER_VERSION}.tar.gz")
 }
 
 fn handle(state: &Mutex<GithubState>, req: Request<Incoming>) -> Reply {
     let mut s = state.lock().unwrap();
     let path = req.uri().path();
-    let download = format!(
-        "/actions/runner/releases/download/v{FAKE_RUNNER_VERSION}/{}",
-        asset_name()
-    );
-    if path == download {
+    let download = format!("/actions/runner/releases/download/v{FAKE_RUNNER_VERSION}/");
+    let is_asset = path
+        .strip_prefix(download.as_str())
+        .is_some_and(|name| ARCHES.iter().any(|arch| name == asset_name(arch)));
+    if is_asset {
         s.downloads += 1;
         return reply(StatusCode::OK, s.tarball.clone());
     }
     if path == format!("/api/repos/actions/runner/releases/tags/v{FAKE_RUNNER_VERSION}") {
-        let body = serde_json::json!({
-            "tag_name": format!("v{FAKE_RUNNER_VERSION}"),
-            "assets": [{ "name": asset_name(), "digest": format!("sha256:{}", s.digest) }],
-        });
+        let assets: Vec<_> = ARCHES
+            .iter()
+            .map(|arch| serde_json::json!({ "name": asset_name(arch), "digest": format!("sha256:{}", s.digest) }))
+            .collect();
+        let body =
+            serde_json::json!({ "tag_name": format!("v{FAKE_RUNNER_VERSION}"), "assets": assets });
         return reply(StatusCode::OK, body.to_string());
     }
     reply(StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}")

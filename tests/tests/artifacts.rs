@@ -60,6 +60,11 @@ fn shell_scripts() -> Vec<PathBuf> {
         "scripts/demo",
         "scripts/bench",
         "scripts/setup.sh",
+        "scripts/dist",
+        "scripts/check-dist",
+        "packaging/deb/postinst",
+        "packaging/deb/prerm",
+        "packaging/deb/postrm",
         ".ci/run",
     ]
     .iter()
