@@ -49,3 +49,14 @@ start_moto() {
     echo "moto_server did not start; see $CARGO_TARGET_DIR/moto.log" >&2
     return 1
 }
+
+# The aarch64 (Graviton) static binary, cross-compiled with cargo-zigbuild:
+# zig is the C cross-compiler aws-lc-sys needs. Both come from PyPI into
+# the venv.
+AARCH64_TARGET=aarch64-unknown-linux-musl
+export RA_AGENT_BIN_AARCH64=$CARGO_TARGET_DIR/$AARCH64_TARGET/release/runner-agent
+build_agent_aarch64() {
+    rustup target list --installed | grep -qx "$AARCH64_TARGET" || rustup target add "$AARCH64_TARGET"
+    [ -x "$VENV/bin/cargo-zigbuild" ] || "$VENV/bin/pip" install -q 'ziglang>=0.13' 'cargo-zigbuild>=0.19'
+    PATH=$VENV/bin:$PATH cargo zigbuild --release --locked --target "$AARCH64_TARGET" -p runner-agent
+}

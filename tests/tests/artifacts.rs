@@ -62,6 +62,7 @@ fn shell_scripts() -> Vec<PathBuf> {
         "scripts/setup.sh",
         "scripts/dist",
         "scripts/check-dist",
+        "scripts/test-aarch64",
         "packaging/deb/postinst",
         "packaging/deb/prerm",
         "packaging/deb/postrm",
