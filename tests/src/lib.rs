@@ -135,6 +135,32 @@ impl Stack {
         }
     }
 
+    /// Listener processes the fake runner started that are still running:
+    /// a process check, independent of whether the fake got to log its
+    /// exit.
+    pub fn live_listeners(&self) -> Vec<i32> {
+        self.runner_events()
+            .iter()
+            .filter_map(|(_, e)| {
+                e.strip_prefix("LISTENER_START ")?
+                    .split("pid=")
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .filter(|pid: &i32| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                !matches!(state, None | Some("Z") | Some("X"))
+                    && String::from_utf8_lossy(&cmdline).contains("Runner.Listener")
+            })
+            .collect()
+    }
+
     pub fn count_events(&self, prefix: &str) -> usize {
         self.runner_events()
             .iter()
