@@ -163,7 +163,7 @@ async fn main() {
     cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
         .await
         .expect("released");
-    let pid = agent_pid(&agent);
+    let pid = agent.pid();
 
     // Idle: CPU and read units over the window.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -331,8 +331,4 @@ async fn main() {
         job_counts.dynamodb_reads()
     );
     println!("(ratio = measured / target: machine-independent; <= 1 meets the target)");
-}
-
-fn agent_pid(agent: &AgentProcess) -> i32 {
-    agent.pid()
 }
