@@ -28,16 +28,6 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn pending(&self) -> Option<Interrupt> {
-        if *self.shutdown.borrow() {
-            Some(Interrupt::Shutdown)
-        } else if self.spot.borrow().is_some() {
-            Some(Interrupt::Spot)
-        } else {
-            None
-        }
-    }
-
     pub async fn wait(&self) -> Interrupt {
         let (mut shutdown, mut spot) = (self.shutdown.clone(), self.spot.clone());
         tokio::select! {

@@ -1,5 +1,6 @@
-//! The agent's DynamoDB calls, one method per protocol item. Reads and
-//! writes are counted so `status` and the benchmark can report them.
+//! The agent's DynamoDB calls, one method per protocol item. (Request
+//! counts for the benchmark are taken outside the agent, by the test
+//! stack's proxy.)
 
 use crate::protocol::{
     instance_sk, now_timestamp, InstanceRecord, RegistrationToken, Signal, ENTITY_HEARTBEAT,
@@ -10,8 +11,6 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -25,29 +24,11 @@ pub struct TableError {
     pub message: String,
 }
 
-/// Counts of requests sent, by kind. Eventually consistent reads cost half a
-/// read unit per item, consistent ones a whole unit.
-#[derive(Debug, Default)]
-pub struct RequestCounts {
-    pub eventual_reads: AtomicU64,
-    pub consistent_reads: AtomicU64,
-    pub writes: AtomicU64,
-}
-
-impl RequestCounts {
-    /// Read capacity units consumed so far (items under 4 KiB).
-    pub fn read_units(&self) -> f64 {
-        self.eventual_reads.load(Ordering::Relaxed) as f64 * 0.5
-            + self.consistent_reads.load(Ordering::Relaxed) as f64
-    }
-}
-
 #[derive(Clone)]
 pub struct Table {
     client: Client,
     name: String,
     instance_id: String,
-    counts: Arc<RequestCounts>,
 }
 
 /// Back-off for signal writes the control plane waits for: 100 ms, doubling,
@@ -61,16 +42,7 @@ impl Table {
             client,
             name: name.to_owned(),
             instance_id: instance_id.to_owned(),
-            counts: Arc::default(),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn counts(&self) -> &RequestCounts {
-        &self.counts
     }
 
     fn error(&self, operation: &'static str, err: impl std::error::Error) -> TableError {
@@ -101,12 +73,6 @@ impl Table {
         &self,
         consistent: bool,
     ) -> Result<Option<InstanceRecord>, TableError> {
-        let counter = if consistent {
-            &self.counts.consistent_reads
-        } else {
-            &self.counts.eventual_reads
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         let out = self
             .client
             .get_item()
@@ -122,7 +88,6 @@ impl Table {
     }
 
     pub async fn read_token(&self) -> Result<Option<RegistrationToken>, TableError> {
-        self.counts.consistent_reads.fetch_add(1, Ordering::Relaxed);
         let out = self
             .client
             .get_item()
@@ -140,7 +105,6 @@ impl Table {
     pub async fn read_claim_and_token(
         &self,
     ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
-        self.counts.consistent_reads.fetch_add(2, Ordering::Relaxed);
         let keys = KeysAndAttributes::builder()
             .keys(self.instance_key())
             .keys(Self::token_key())
@@ -197,7 +161,6 @@ impl Table {
     }
 
     async fn put(&self, operation: &'static str, item: Item) -> Result<(), TableError> {
-        self.counts.writes.fetch_add(1, Ordering::Relaxed);
         self.client
             .put_item()
             .table_name(&self.name)

@@ -6,7 +6,7 @@ pub mod tree;
 pub mod user;
 
 use crate::config::Settings;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -77,10 +77,6 @@ impl RunnerControl {
             stop_timeout: settings.runner.stop_timeout,
             extra_labels: settings.runner.labels_extra.clone(),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn is_configured(&self) -> bool {
