@@ -8,17 +8,23 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// `runner-agent check` against the stack: the process output and stdout.
+async fn run_check(stack: &Stack, spec: &AgentSpec) -> (std::process::Output, String) {
+    let out = stack
+        .agent_command(&["check"], spec)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_good_instance_and_names_what_fails() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     stack.write_config(&spec);
-    let out = stack
-        .agent_command(&["check"], &spec)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (out, text) = run_check(&stack, &spec).await;
     assert!(
         out.status.success(),
         "{text}\n{}",
@@ -45,12 +51,7 @@ async fn check_passes_on_a_good_instance_and_names_what_fails() {
     )
     .unwrap();
     stack.imds.state.lock().unwrap().tags.remove("InitialRunId");
-    let out = stack
-        .agent_command(&["check"], &spec)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (out, text) = run_check(&stack, &spec).await;
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL  table"), "{text}");
     assert!(text.contains("FAIL  tag InitialRunId"), "{text}");
