@@ -66,6 +66,9 @@ fn shell_scripts() -> Vec<PathBuf> {
         "packaging/deb/postinst",
         "packaging/deb/prerm",
         "packaging/deb/postrm",
+        "packaging/rpm/post",
+        "packaging/rpm/preun",
+        "packaging/rpm/postun",
         ".ci/run",
     ]
     .iter()
