@@ -5,17 +5,20 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/runner-agent/target}
 MUSL_TARGET=x86_64-unknown-linux-musl
 export RA_AGENT_BIN=$CARGO_TARGET_DIR/$MUSL_TARGET/release/runner-agent
+export RA_USERDATA_BIN=$CARGO_TARGET_DIR/$MUSL_TARGET/release/runner-userdata
 VENV=$ROOT/.venv
 
 need_debs=()
 command -v musl-gcc >/dev/null || need_debs+=(musl-tools)
 command -v shellcheck >/dev/null || need_debs+=(shellcheck)
 command -v systemd-analyze >/dev/null || need_debs+=(systemd)
+# runner-userdata's cloud-config is checked by cloud-init's own schema.
+command -v cloud-init >/dev/null || need_debs+=(cloud-init)
 if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: installing ${need_debs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
 fi
 rustup target list --installed | grep -qx "$MUSL_TARGET" || rustup target add "$MUSL_TARGET"
 if [ ! -x "$VENV/bin/moto_server" ]; then
@@ -28,7 +31,7 @@ export RA_MOTO_SERVER=$VENV/bin/moto_server
 # The shipped artifact: a static musl binary. AWS crates build with default
 # features off; a cold build takes ~11 min and ~8 GB RAM on 2 cores.
 build_agent() {
-    cargo build --release --locked --target "$MUSL_TARGET" -p runner-agent
+    cargo build --release --locked --target "$MUSL_TARGET" -p runner-agent -p runner-userdata
 }
 
 # Starts one moto server for the whole run and exports its endpoint; it
@@ -58,5 +61,5 @@ export RA_AGENT_BIN_AARCH64=$CARGO_TARGET_DIR/$AARCH64_TARGET/release/runner-age
 build_agent_aarch64() {
     rustup target list --installed | grep -qx "$AARCH64_TARGET" || rustup target add "$AARCH64_TARGET"
     [ -x "$VENV/bin/cargo-zigbuild" ] || "$VENV/bin/pip" install -q 'ziglang>=0.13' 'cargo-zigbuild>=0.19'
-    PATH=$VENV/bin:$PATH cargo zigbuild --release --locked --target "$AARCH64_TARGET" -p runner-agent
+    PATH=$VENV/bin:$PATH cargo zigbuild --release --locked --target "$AARCH64_TARGET" -p runner-agent -p runner-userdata
 }

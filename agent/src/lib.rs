@@ -11,6 +11,7 @@ pub mod imds;
 pub mod lifecycle;
 pub mod logging;
 pub mod notify;
+pub mod permissions;
 pub mod prerunner;
 pub mod protocol;
 pub mod runner;

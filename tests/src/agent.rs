@@ -11,16 +11,25 @@ use tokio::process::{Child, Command};
 /// The binary to test: `RA_AGENT_BIN`, else the musl release build in the
 /// cargo target dir.
 pub fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RA_AGENT_BIN") {
+    release_binary("runner-agent", "RA_AGENT_BIN")
+}
+
+/// The generator as shipped: `RA_USERDATA_BIN`, else the musl release build.
+pub fn userdata_binary() -> PathBuf {
+    release_binary("runner-userdata", "RA_USERDATA_BIN")
+}
+
+fn release_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("x86_64-unknown-linux-musl/release/runner-agent");
+    let bin = target.join("x86_64-unknown-linux-musl/release").join(name);
     assert!(
         bin.exists(),
-        "{} missing: cargo build --release --target x86_64-unknown-linux-musl -p runner-agent (scripts/test does it)",
+        "{} missing: cargo build --release --target x86_64-unknown-linux-musl -p runner-agent -p runner-userdata (scripts/test does it)",
         bin.display()
     );
     bin

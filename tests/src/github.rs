@@ -19,6 +19,9 @@ pub struct GithubState {
     /// The digest the release API reports (of the genuine tarball).
     pub digest: String,
     pub downloads: u64,
+    /// Other files, by exact path (the agent's release tarball for the
+    /// user-data tests).
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -35,6 +38,7 @@ impl FakeGithub {
             tarball,
             digest,
             downloads: 0,
+            files: Default::default(),
         }));
         let shared = state.clone();
         let addr = serve(move |req| {
@@ -92,6 +96,9 @@ fn handle(state: &Mutex<GithubState>, req: Request<Incoming>) -> Reply {
         let body =
             serde_json::json!({ "tag_name": format!("v{FAKE_RUNNER_VERSION}"), "assets": assets });
         return reply(StatusCode::OK, body.to_string());
+    }
+    if let Some(body) = s.files.get(path) {
+        return reply(StatusCode::OK, body.clone());
     }
     reply(StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}")
 }

@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Counts {
     /// Operation name → requests (e.g. `GetItem`, `TerminateInstances`).
     pub operations: BTreeMap<String, u64>,
+    /// Every call as IAM names it (`dynamodb:GetItem`, `ec2:DescribeTags`).
+    pub iam_actions: std::collections::BTreeSet<String>,
     /// Requests carrying `"ConsistentRead":true`, by operation.
     pub consistent: BTreeMap<String, u64>,
     /// TCP connections the agent opened.
@@ -123,13 +125,18 @@ async fn relay(
             return Ok(());
         }
         let text = String::from_utf8_lossy(&body);
-        let op = op.or_else(|| {
-            text.split('&')
+        // JSON protocol services name the call in X-Amz-Target, EC2's query
+        // protocol in the form body; the agent talks to no other service.
+        let op = match op {
+            Some(op) => Some(("dynamodb", op)),
+            None => text
+                .split('&')
                 .find_map(|kv| kv.strip_prefix("Action="))
-                .map(str::to_owned)
-        });
-        if let Some(op) = op {
+                .map(|op| ("ec2", op.to_owned())),
+        };
+        if let Some((service, op)) = op {
             let mut c = counts.lock().unwrap();
+            c.iam_actions.insert(format!("{service}:{op}"));
             if matches!(op.as_str(), "GetItem" | "BatchGetItem" | "Query" | "Scan") {
                 c.read_times.push(std::time::Instant::now());
             }

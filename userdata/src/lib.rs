@@ -1,0 +1,103 @@
+//! runner-userdata: renders what goes on a runner instance at boot (user
+//! data, cloud-config, MIME, or a pre-runner script for
+//! fleet-actions/ec2-runner-pool-manager) and the IAM policy the agent
+//! needs. Same input, same bytes.
+
+pub mod cli;
+pub mod cloud_config;
+pub mod input;
+pub mod mime;
+pub mod os;
+pub mod policy;
+pub mod shell;
+
+use input::{Format, Plan};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+
+/// EC2 rejects user data over 16 KB (before base64).
+pub const USER_DATA_LIMIT: usize = 16_384;
+/// fleet-actions' bash wrapper embeds a pre-runner script in roughly 11 KB
+/// of its own (its v2 templates), all within the same 16 KB of user data.
+pub const POOL_MANAGER_BUDGET: usize = USER_DATA_LIMIT - 11 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the {format} output is {size} bytes, over EC2's user-data limit of {USER_DATA_LIMIT} bytes{hint}")]
+    TooLarge {
+        format: &'static str,
+        size: usize,
+        hint: &'static str,
+    },
+    #[error("`pre_runner_script`: has a line `EOF`, which ends fleet-actions' here-document (cat <<'EOF') early")]
+    EofLine,
+    #[error("--gzip: the pool-manager script is embedded in the control plane's own user data, which cloud-init would not decompress")]
+    GzipPoolManager,
+}
+
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    /// Warnings for stderr.
+    pub warnings: Vec<String>,
+}
+
+impl Rendered {
+    pub fn sha256_hex(&self) -> String {
+        Sha256::digest(&self.bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
+    let text = match plan.format {
+        Format::Shell => shell::render(plan, shell::Variant::Full),
+        Format::CloudConfig => cloud_config::render(plan),
+        Format::Mime => mime::render(&shell::render(plan, shell::Variant::Full), &plan.mime_parts),
+        Format::PoolManager => {
+            if gzip {
+                return Err(RenderError::GzipPoolManager);
+            }
+            let script = shell::render(plan, shell::Variant::PoolManager);
+            if script.lines().any(|l| l == "EOF") {
+                return Err(RenderError::EofLine);
+            }
+            script
+        }
+    };
+    let bytes = if gzip {
+        gzip_bytes(text.as_bytes())
+    } else {
+        text.into_bytes()
+    };
+    let mut warnings = Vec::new();
+    if bytes.len() > USER_DATA_LIMIT {
+        return Err(RenderError::TooLarge {
+            format: plan.format.name(),
+            size: bytes.len(),
+            hint: if gzip || plan.format == Format::PoolManager {
+                ""
+            } else {
+                " (try --gzip)"
+            },
+        });
+    }
+    if plan.format == Format::PoolManager && bytes.len() > POOL_MANAGER_BUDGET {
+        warnings.push(format!(
+            "the pool-manager script is {} bytes; fleet-actions wraps it in about 11 KB of its own, and EC2 rejects user data over {USER_DATA_LIMIT} bytes: keep it under about {POOL_MANAGER_BUDGET} (fix a single OS, move packages into the image)",
+            bytes.len()
+        ));
+    }
+    Ok(Rendered { bytes, warnings })
+}
+
+/// gzip with no name and a zero timestamp, so the bytes depend on the
+/// input alone.
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}

@@ -1,0 +1,471 @@
+//! The bash bootstrap every format is built from: packages, the runner's
+//! user, the agent binary (found or downloaded and verified), its config and
+//! unit, then `systemctl enable` + start. Each step checks before it
+//! changes anything, so a second run changes nothing.
+
+use crate::input::{Download, Plan, PRE_RUNNER_PATH};
+use crate::os::{OsChoice, OsFamily, PackageManager};
+use std::fmt::Write;
+
+pub const CONFIG_PATH: &str = "/etc/runner-agent/config.toml";
+pub const UNIT_NAME: &str = "runner-agent.service";
+pub const UNIT_PATH: &str = "/etc/systemd/system/runner-agent.service";
+const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
+/// First line of the unit we write, so a later run knows the file is ours.
+const UNIT_MARKER: &str =
+    "# Written by runner-userdata: the agent's unit, with ExecStart at the agent's path.";
+/// Runtime switch for tests and for images that already carry every
+/// package; the script says so in its log when it is set.
+pub const SKIP_PACKAGES_ENV: &str = "RUNNER_USERDATA_SKIP_PACKAGES";
+
+/// What the script leaves to someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Everything (`shell`, `mime`).
+    Full,
+    /// cloud-config's write_files already wrote the config and the
+    /// pre-runner script, and its `packages` module installed the packages
+    /// of a fixed OS.
+    CloudConfigRuncmd,
+    /// Everything, then ends fleet-actions' bash wrapper that started it.
+    PoolManager,
+}
+
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A quoted here-document delimiter that no line of `content` equals.
+fn delimiter(content: &str) -> String {
+    let mut name = String::from("RUNNER_USERDATA_EOF");
+    let mut n = 1;
+    while content.lines().any(|l| l == name) {
+        n += 1;
+        name = format!("RUNNER_USERDATA_EOF_{n}");
+    }
+    name
+}
+
+/// Content that ends in exactly one newline, as a heredoc delivers it.
+pub fn with_final_newline(content: &str) -> String {
+    let mut s = content.to_owned();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// `put_file PATH MODE` fed by a here-document; sets `$var` to 1 when the
+/// file changed.
+fn put_file(out: &mut String, path: &str, mode: &str, content: &str, var: &str) {
+    let content = with_final_newline(content);
+    let delim = delimiter(&content);
+    let _ = write!(
+        out,
+        "put_file {path} {mode} <<'{delim}'\n{content}{delim}\n[ \"$put_file_changed\" = 0 ] || {var}=1\n"
+    );
+}
+
+const PRELUDE: &str = r#"set -euo pipefail
+umask 022
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { printf 'runner-userdata: %s\n' "$*" >&2; }
+fail() {
+    log "error: $*"
+    exit 1
+}
+
+# put_file PATH MODE < CONTENT: replaces PATH (atomically) only when its
+# content or mode differ; sets put_file_changed to 1 or 0.
+put_file() {
+    local path=$1 mode=$2 tmp
+    mkdir -p "${path%/*}" || fail "cannot create ${path%/*}"
+    tmp=$(mktemp "${path%/*}/.runner-userdata.XXXXXX") || fail "cannot write in ${path%/*}"
+    cat >"$tmp"
+    if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "$mode" ]; then
+        rm -f "$tmp"
+        put_file_changed=0
+        return 0
+    fi
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$path" || fail "cannot replace $path"
+    log "wrote $path"
+    put_file_changed=1
+}
+
+config_changed=0
+agent_changed=0
+unit_changed=0
+"#;
+
+pub fn render(plan: &Plan, variant: Variant) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/bin/bash");
+    let _ = writeln!(
+        s,
+        "# runner-agent bootstrap, rendered by runner-userdata {} ({}, os {}).",
+        env!("CARGO_PKG_VERSION"),
+        match variant {
+            Variant::Full => plan.format.name(),
+            Variant::CloudConfigRuncmd => "cloud-config runcmd",
+            Variant::PoolManager => "pool-manager pre-runner-script",
+        },
+        plan.os.name()
+    );
+    s.push_str(
+        "# Re-render rather than edit. Running it again changes nothing that is\n\
+         # already in place. Its log lines start with \"runner-userdata:\".\n",
+    );
+    if plan.packages {
+        let _ = writeln!(
+            s,
+            "# {SKIP_PACKAGES_ENV}=1 skips (and logs skipping) the package installation."
+        );
+    }
+    s.push_str(PRELUDE);
+
+    let packages_here = plan.packages
+        && !(variant == Variant::CloudConfigRuncmd && matches!(plan.os, OsChoice::Fixed(_)));
+    if packages_here {
+        packages(&mut s, plan);
+    }
+    if let Some(user) = &plan.runner_user {
+        runner_user(&mut s, plan, user);
+    }
+    agent_binary(&mut s, plan);
+    if variant != Variant::CloudConfigRuncmd {
+        s.push_str("\n# The agent's configuration (secrets never go here: the registration token\n# comes from DynamoDB at claim time).\n");
+        put_file(
+            &mut s,
+            CONFIG_PATH,
+            "600",
+            &plan.config_toml,
+            "config_changed",
+        );
+        if let Some(script) = &plan.pre_runner {
+            s.push_str("\n# The operator's script: the agent runs it once, at first boot, and\n# signals UD_OK or UD_FAILED with its outcome.\n");
+            put_file(&mut s, PRE_RUNNER_PATH, "700", script, "config_changed");
+        }
+    }
+    unit(&mut s, plan);
+    if variant == Variant::PoolManager {
+        s.push_str(END_POOL_MANAGER_WRAPPER);
+    }
+    s.push_str(START);
+    s
+}
+
+fn packages(s: &mut String, plan: &Plan) {
+    s.push_str("\n# Packages the runner and its jobs need.\n");
+    match plan.os {
+        OsChoice::Auto => {
+            s.push_str("os_release=$(\n    # shellcheck source=/dev/null\n    . /etc/os-release && printf '%s-%s' \"${ID:-}\" \"${VERSION_ID:-}\"\n)\ncase \"$os_release\" in\n");
+            for family in OsFamily::ALL {
+                let (id, version) = family.os_release();
+                let _ = writeln!(s, "    {id}-{version}) os={} ;;", family.name());
+            }
+            let names: Vec<&str> = OsFamily::ALL.iter().map(|f| f.name()).collect();
+            let _ = writeln!(
+                s,
+                "    *) fail \"unsupported OS $os_release: supported are {}; for another, install the packages in the image and render with packages = false\" ;;\nesac",
+                names.join(", ")
+            );
+        }
+        OsChoice::Fixed(family) => {
+            let (id, version) = family.os_release();
+            let _ = writeln!(s, "os={}", family.name());
+            let _ = writeln!(
+                s,
+                "os_release=$(\n    # shellcheck source=/dev/null\n    . /etc/os-release && printf '%s-%s' \"${{ID:-}}\" \"${{VERSION_ID:-}}\"\n)\n[ \"$os_release\" = {id}-{version} ] || log \"warning: rendered for $os, this is $os_release; package names may not match\""
+            );
+        }
+    }
+    s.push_str(
+        r#"missing_packages() {
+    local p
+    for p in "$@"; do
+        case "$os" in
+            al2023) rpm -q "$p" >/dev/null 2>&1 || printf '%s\n' "$p" ;;
+            *) dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s\n' "$p" ;;
+        esac
+    done
+}
+"#,
+    );
+    s.push_str("case \"$os\" in\n");
+    for family in plan.os.families() {
+        let mut list: Vec<&str> = family.packages().to_vec();
+        list.extend(plan.extra_packages.iter().map(String::as_str));
+        let _ = writeln!(s, "    {}) packages=({}) ;;", family.name(), list.join(" "));
+    }
+    s.push_str("esac\n");
+    let _ = write!(
+        s,
+        r#"if [ "${{{SKIP_PACKAGES_ENV}:-0}}" = 1 ]; then
+    log "{SKIP_PACKAGES_ENV}=1: not installing ${{packages[*]}}"
+else
+    mapfile -t missing < <(missing_packages "${{packages[@]}}")
+    if [ ${{#missing[@]}} -eq 0 ]; then
+        log "packages already installed"
+    else
+        log "installing ${{missing[*]}}"
+        case "$os" in
+"#
+    );
+    let families = plan.os.families();
+    let dnf: Vec<&str> = families
+        .iter()
+        .filter(|f| f.package_manager() == PackageManager::Dnf)
+        .map(|f| f.name())
+        .collect();
+    let apt: Vec<&str> = families
+        .iter()
+        .filter(|f| f.package_manager() == PackageManager::Apt)
+        .map(|f| f.name())
+        .collect();
+    if !dnf.is_empty() {
+        let _ = writeln!(
+            s,
+            "            {}) dnf install -y -q --setopt=install_weak_deps=False \"${{missing[@]}}\" ;;",
+            dnf.join(" | ")
+        );
+    }
+    if !apt.is_empty() {
+        // Another apt (cloud-init's, unattended-upgrades) may hold the lock
+        // at boot: wait for it rather than fail.
+        let _ = writeln!(
+            s,
+            "            {})\n                export DEBIAN_FRONTEND=noninteractive\n                apt-get -o DPkg::Lock::Timeout=600 update -qq\n                apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \"${{missing[@]}}\"\n                ;;",
+            apt.join(" | ")
+        );
+    }
+    s.push_str(
+        "        esac\n    fi\n    # Jobs expect a running docker; --no-block: this may run inside\n    # cloud-init's final stage, which systemd jobs may be ordered after.\n    systemctl enable --now --no-block docker.service\nfi\n",
+    );
+}
+
+fn runner_user(s: &mut String, plan: &Plan, user: &str) {
+    let q = quote(user);
+    let _ = write!(
+        s,
+        r#"
+# The runner's user; the agent needs it to exist when it starts.
+if ! id -u {q} >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash {q}
+    log "created user "{q}
+fi
+if getent group docker >/dev/null && ! id -nG {q} | tr ' ' '\n' | grep -qx docker; then
+    usermod -aG docker {q}
+    log "added "{q}" to group docker"
+fi
+"#
+    );
+    if plan.runner_user_sudo {
+        s.push_str("# Passwordless sudo, as on GitHub's hosted runners.\n");
+        put_file(
+            s,
+            "/etc/sudoers.d/90-runner-agent",
+            "440",
+            &format!("{user} ALL=(ALL) NOPASSWD:ALL"),
+            "config_changed",
+        );
+    }
+}
+
+fn agent_binary(s: &mut String, plan: &Plan) {
+    let agent = quote(&plan.agent_path);
+    let _ = writeln!(s, "\nagent={agent}");
+    if plan.downloads.is_empty() {
+        let _ = write!(
+            s,
+            r#"# The agent comes with the image (Packer recipe or package).
+[ -x "$agent" ] || fail "$agent is missing: this user data expects an image with runner-agent installed; render with [agent.download] to fetch it instead"
+log "using $("$agent" --version)"
+"#
+        );
+        return;
+    }
+    s.push_str("# The agent is downloaded, and used only if its SHA-256 matches.\ncase \"$(uname -m)\" in\n");
+    for (arch, Download { url, sha256 }) in &plan.downloads {
+        let proto = if url.starts_with("https://") {
+            "=https"
+        } else {
+            "=http"
+        };
+        let _ = writeln!(
+            s,
+            "    {arch}) agent_url={}; agent_sha256={sha256}; agent_proto={} ;;",
+            quote(url),
+            quote(proto)
+        );
+    }
+    let _ =
+        writeln!(
+        s,
+        "    *) fail \"no agent download for $(uname -m) in this user data (have: {})\" ;;\nesac",
+        plan.downloads.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    s.push_str(
+        r#"stamp=/var/lib/runner-userdata/agent.sha256
+installed_sha256() { sha256sum <"$agent" | cut -d ' ' -f 1; }
+if [ -x "$agent" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$agent_sha256 $(installed_sha256)" ]; then
+    log "agent already installed from $agent_url"
+else
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    log "downloading $agent_url"
+    curl --fail --silent --show-error --location --proto "$agent_proto" --proto-redir "$agent_proto" \
+        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 \
+        --output "$work/download" "$agent_url" || fail "downloading $agent_url"
+    echo "$agent_sha256  $work/download" | sha256sum --check --quiet ||
+        fail "$agent_url: SHA-256 $(sha256sum <"$work/download" | cut -d ' ' -f 1), expected $agent_sha256; not installed"
+    case "$agent_url" in
+        *.tar.gz | *.tgz)
+            tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
+                fail "$agent_url holds no */runner-agent"
+            new_agent=$work/runner-agent
+            ;;
+        *) new_agent=$work/download ;;
+    esac
+    chmod 0755 "$new_agent"
+    "$new_agent" --version >/dev/null || fail "the downloaded agent does not run on $(uname -m)"
+    mkdir -p "${agent%/*}" /var/lib/runner-userdata
+    install -m 0755 "$new_agent" "$agent.new"
+    mv -f "$agent.new" "$agent"
+    printf '%s %s\n' "$agent_sha256" "$(installed_sha256)" >"$stamp"
+    agent_changed=1
+    log "installed $("$agent" --version) at $agent"
+fi
+"#,
+    );
+}
+
+/// The agent's own unit, with ExecStart pointing at `path`.
+pub fn unit_text(agent_path: &str) -> String {
+    let unit = include_str!("../../systemd/runner-agent.service");
+    let stock = "ExecStart=/usr/bin/runner-agent run";
+    assert!(unit.contains(stock), "the unit's ExecStart changed");
+    // The unit's comments explain its choices (docs/operations.md and the
+    // release tarball keep them); user data has 16 KB for everything.
+    let mut text = format!("{UNIT_MARKER}\n");
+    for line in unit.lines() {
+        if line.starts_with('#') || (line.is_empty() && text.ends_with("\n\n")) {
+            continue;
+        }
+        if line == stock {
+            text.push_str(&format!("ExecStart={agent_path} run\n"));
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn unit(s: &mut String, plan: &Plan) {
+    s.push_str(
+        "\n# The unit: ours when there is none (or the one we wrote before); a\n# packaged unit stays, with a drop-in if the agent lives elsewhere.\nunit_file=\nfor dir in /etc/systemd/system /usr/lib/systemd/system /lib/systemd/system; do\n    if [ -f \"$dir/runner-agent.service\" ]; then\n        unit_file=$dir/runner-agent.service\n        break\n    fi\ndone\n",
+    );
+    let _ = writeln!(
+        s,
+        "if [ -z \"$unit_file\" ] || {{ [ \"$unit_file\" = {UNIT_PATH} ] && head -n 1 \"$unit_file\" | grep -qx {}; }}; then",
+        quote(UNIT_MARKER)
+    );
+    let mut body = String::new();
+    put_file(
+        &mut body,
+        UNIT_PATH,
+        "644",
+        &unit_text(&plan.agent_path),
+        "unit_changed",
+    );
+    s.push_str(&body);
+    s.push_str("elif ! grep -qx \"ExecStart=$agent run\" \"$unit_file\"; then\n");
+    let mut drop_in = String::new();
+    put_file(
+        &mut drop_in,
+        UNIT_DROP_IN,
+        "644",
+        &format!(
+            "# Written by runner-userdata: the agent is at {path}.\n[Service]\nExecStart=\nExecStart={path} run",
+            path = plan.agent_path
+        ),
+        "unit_changed",
+    );
+    s.push_str(&drop_in);
+    s.push_str("fi\n");
+}
+
+/// fleet-actions' wrapper runs this script as a child, then signals UD_OK
+/// itself and starts its own heartbeat, registration and termination loops
+/// for ever (so cloud-init's final stage never ends). The wrapper does
+/// nothing while it waits for us, so ending it here, before the agent
+/// starts, leaves runner-agent the only writer of this instance's items.
+const END_POOL_MANAGER_WRAPPER: &str = r#"
+# Started by fleet-actions/ec2-runner-pool-manager's bash agent? Its helper
+# scripts sit in its working directory. End it before runner-agent starts:
+# runner-agent heartbeats, registers and signals (UD_OK included) instead,
+# and cloud-init's final stage completes instead of running its loops.
+wrapper=$PPID
+wrapper_dir=$(readlink "/proc/$wrapper/cwd" 2>/dev/null || true)
+if [ -n "$wrapper_dir" ] && [ -x "$wrapper_dir/emit-signal.sh" ] && [ -x "$wrapper_dir/block-registration-spinner.sh" ]; then
+    log "ending the pool manager's bash agent (pid $wrapper in $wrapper_dir): runner-agent takes over"
+    kill -TERM "$wrapper"
+    for _ in $(seq 1 50); do
+        kill -0 "$wrapper" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$wrapper" 2>/dev/null; then
+        kill -KILL "$wrapper"
+    fi
+else
+    log "parent $wrapper is not the pool manager's bash agent; leaving it alone"
+fi
+"#;
+
+const START: &str = r#"
+if [ "$unit_changed" = 1 ]; then
+    systemctl daemon-reload
+fi
+systemctl enable runner-agent.service
+# --no-block: from cloud-init's final stage, waiting for the start job
+# could wait on cloud-init itself.
+if systemctl is-active --quiet runner-agent.service; then
+    if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
+        log "configuration changed: restarting runner-agent"
+        systemctl restart --no-block runner-agent.service
+    else
+        log "runner-agent is already running; nothing changed"
+    fi
+else
+    systemctl start --no-block runner-agent.service
+    log "runner-agent started; follow it with: journalctl -u runner-agent -f"
+fi
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn delimiter_avoids_content_lines() {
+        assert_eq!(delimiter("a\nb\n"), "RUNNER_USERDATA_EOF");
+        assert_eq!(
+            delimiter("RUNNER_USERDATA_EOF\nRUNNER_USERDATA_EOF_2\n"),
+            "RUNNER_USERDATA_EOF_3"
+        );
+    }
+
+    #[test]
+    fn unit_points_at_the_agent() {
+        let unit = unit_text("/usr/local/bin/runner-agent");
+        assert!(unit.starts_with(UNIT_MARKER));
+        assert!(unit.contains("\nExecStart=/usr/local/bin/runner-agent run\n"));
+    }
+}
