@@ -9,6 +9,7 @@ pub mod http;
 pub mod imds;
 pub mod moto;
 pub mod proxy;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,6 +160,18 @@ impl Stack {
                     && String::from_utf8_lossy(&cmdline).contains("Runner.Listener")
             })
             .collect()
+    }
+
+    /// Waits until moto says the instance is terminated.
+    pub async fn wait_terminated(&self, within: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if self.cp.instance_state(&self.instance_id).await == "terminated" {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
     }
 
     pub fn count_events(&self, prefix: &str) -> usize {

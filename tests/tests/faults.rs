@@ -132,17 +132,6 @@ async fn pinned_digest_is_used_and_a_wrong_pin_is_refused() {
     assert!(!stack.runner_dir().exists());
 }
 
-async fn wait_terminated(stack: &Stack, within: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if stack.cp.instance_state(&stack.instance_id).await == "terminated" {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_instance_with_the_tag_terminates_itself() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -153,7 +142,7 @@ async fn expired_instance_with_the_tag_terminates_itself() {
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
         .await;
     assert!(
-        wait_terminated(&stack, Duration::from_secs(15)).await,
+        stack.wait_terminated(Duration::from_secs(15)).await,
         "not terminated"
     );
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 1);
@@ -177,7 +166,7 @@ async fn metadata_tags_off_reads_the_tag_through_ec2() {
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
         .await;
     assert!(
-        wait_terminated(&stack, Duration::from_secs(15)).await,
+        stack.wait_terminated(Duration::from_secs(15)).await,
         "{}",
         agent.log_text()
     );
@@ -229,7 +218,7 @@ async fn expiry_never_terminates_without_the_tag_or_a_readable_threshold() {
             "no {reason:?} in\n{}",
             agent.log_text()
         );
-        assert!(!wait_terminated(&stack, Duration::from_secs(2)).await);
+        assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
         assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     }
 }

@@ -9,6 +9,7 @@ pub mod input;
 pub mod mime;
 pub mod os;
 pub mod policy;
+pub mod pool_manager;
 pub mod shell;
 
 use input::{Format, Plan};
@@ -17,9 +18,11 @@ use std::io::Write;
 
 /// EC2 rejects user data over 16 KB (before base64).
 pub const USER_DATA_LIMIT: usize = 16_384;
-/// fleet-actions' bash wrapper embeds a pre-runner script in roughly 11 KB
-/// of its own (its v2 templates), all within the same 16 KB of user data.
-pub const POOL_MANAGER_BUDGET: usize = USER_DATA_LIMIT - 11 * 1024;
+/// fleet-actions' bash wrapper embeds a pre-runner script in about 13 KB of
+/// its own (its userdata-v2 templates, 13,304 characters before the table
+/// and repository names at 78af40a, July 2025), all within the same 16 KB.
+pub const POOL_MANAGER_WRAPPER_SIZE: usize = 13_304;
+pub const POOL_MANAGER_BUDGET: usize = USER_DATA_LIMIT - POOL_MANAGER_WRAPPER_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -59,7 +62,7 @@ pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
             if gzip {
                 return Err(RenderError::GzipPoolManager);
             }
-            let script = shell::render(plan, shell::Variant::PoolManager);
+            let script = pool_manager::render(plan);
             if script.lines().any(|l| l == "EOF") {
                 return Err(RenderError::EofLine);
             }
@@ -85,7 +88,7 @@ pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
     }
     if plan.format == Format::PoolManager && bytes.len() > POOL_MANAGER_BUDGET {
         warnings.push(format!(
-            "the pool-manager script is {} bytes; fleet-actions wraps it in about 11 KB of its own, and EC2 rejects user data over {USER_DATA_LIMIT} bytes: keep it under about {POOL_MANAGER_BUDGET} (fix a single OS, move packages into the image)",
+            "the pool-manager script is {} bytes; fleet-actions wraps it in about {POOL_MANAGER_WRAPPER_SIZE} bytes of its own, and EC2 rejects user data over {USER_DATA_LIMIT} bytes: keep it under about {POOL_MANAGER_BUDGET} (bake the packages into the image: packages = false; shorten pre_runner_script)",
             bytes.len()
         ));
     }

@@ -27,8 +27,6 @@ pub enum Variant {
     /// pre-runner script, and its `packages` module installed the packages
     /// of a fixed OS.
     CloudConfigRuncmd,
-    /// Everything, then ends fleet-actions' bash wrapper that started it.
-    PoolManager,
 }
 
 pub fn quote(s: &str) -> String {
@@ -36,7 +34,7 @@ pub fn quote(s: &str) -> String {
 }
 
 /// A quoted here-document delimiter that no line of `content` equals.
-fn delimiter(content: &str) -> String {
+pub(crate) fn delimiter(content: &str) -> String {
     let mut name = String::from("RUNNER_USERDATA_EOF");
     let mut n = 1;
     while content.lines().any(|l| l == name) {
@@ -109,7 +107,6 @@ pub fn render(plan: &Plan, variant: Variant) -> String {
         match variant {
             Variant::Full => plan.format.name(),
             Variant::CloudConfigRuncmd => "cloud-config runcmd",
-            Variant::PoolManager => "pool-manager pre-runner-script",
         },
         plan.os.name()
     );
@@ -149,14 +146,11 @@ pub fn render(plan: &Plan, variant: Variant) -> String {
         }
     }
     unit(&mut s, plan);
-    if variant == Variant::PoolManager {
-        s.push_str(END_POOL_MANAGER_WRAPPER);
-    }
     s.push_str(START);
     s
 }
 
-fn packages(s: &mut String, plan: &Plan) {
+pub(crate) fn packages(s: &mut String, plan: &Plan) {
     s.push_str("\n# Packages the runner and its jobs need.\n");
     match plan.os {
         OsChoice::Auto => {
@@ -341,16 +335,21 @@ fi
     );
 }
 
-/// The agent's own unit, with ExecStart pointing at `path`.
-pub fn unit_text(agent_path: &str) -> String {
+/// The agent's own unit, with ExecStart pointing at `agent_path`, without
+/// comments and blank lines: the release tarball and docs/operations.md
+/// keep the reasoning, user data has 16 KB for everything. `marker` puts
+/// [`UNIT_MARKER`] first, so that a later run recognises the file as ours.
+pub fn unit_text(agent_path: &str, marker: bool) -> String {
     let unit = include_str!("../../systemd/runner-agent.service");
     let stock = "ExecStart=/usr/bin/runner-agent run";
     assert!(unit.contains(stock), "the unit's ExecStart changed");
-    // The unit's comments explain its choices (docs/operations.md and the
-    // release tarball keep them); user data has 16 KB for everything.
-    let mut text = format!("{UNIT_MARKER}\n");
+    let mut text = String::new();
+    if marker {
+        text.push_str(UNIT_MARKER);
+        text.push('\n');
+    }
     for line in unit.lines() {
-        if line.starts_with('#') || (line.is_empty() && text.ends_with("\n\n")) {
+        if line.starts_with('#') || line.is_empty() {
             continue;
         }
         if line == stock {
@@ -377,7 +376,7 @@ fn unit(s: &mut String, plan: &Plan) {
         &mut body,
         UNIT_PATH,
         "644",
-        &unit_text(&plan.agent_path),
+        &unit_text(&plan.agent_path, true),
         "unit_changed",
     );
     s.push_str(&body);
@@ -396,33 +395,6 @@ fn unit(s: &mut String, plan: &Plan) {
     s.push_str(&drop_in);
     s.push_str("fi\n");
 }
-
-/// fleet-actions' wrapper runs this script as a child, then signals UD_OK
-/// itself and starts its own heartbeat, registration and termination loops
-/// for ever (so cloud-init's final stage never ends). The wrapper does
-/// nothing while it waits for us, so ending it here, before the agent
-/// starts, leaves runner-agent the only writer of this instance's items.
-const END_POOL_MANAGER_WRAPPER: &str = r#"
-# Started by fleet-actions/ec2-runner-pool-manager's bash agent? Its helper
-# scripts sit in its working directory. End it before runner-agent starts:
-# runner-agent heartbeats, registers and signals (UD_OK included) instead,
-# and cloud-init's final stage completes instead of running its loops.
-wrapper=$PPID
-wrapper_dir=$(readlink "/proc/$wrapper/cwd" 2>/dev/null || true)
-if [ -n "$wrapper_dir" ] && [ -x "$wrapper_dir/emit-signal.sh" ] && [ -x "$wrapper_dir/block-registration-spinner.sh" ]; then
-    log "ending the pool manager's bash agent (pid $wrapper in $wrapper_dir): runner-agent takes over"
-    kill -TERM "$wrapper"
-    for _ in $(seq 1 50); do
-        kill -0 "$wrapper" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$wrapper" 2>/dev/null; then
-        kill -KILL "$wrapper"
-    fi
-else
-    log "parent $wrapper is not the pool manager's bash agent; leaving it alone"
-fi
-"#;
 
 const START: &str = r#"
 if [ "$unit_changed" = 1 ]; then
@@ -464,7 +436,7 @@ mod tests {
 
     #[test]
     fn unit_points_at_the_agent() {
-        let unit = unit_text("/usr/local/bin/runner-agent");
+        let unit = unit_text("/usr/local/bin/runner-agent", true);
         assert!(unit.starts_with(UNIT_MARKER));
         assert!(unit.contains("\nExecStart=/usr/local/bin/runner-agent run\n"));
     }

@@ -161,7 +161,12 @@ pub async fn ensure_installed(
         .build()
         .map_err(|e| InstallError::Download {
             url: settings.release_base_url.clone(),
-            message: e.to_string(),
+            // rustls reads the system's CA store here; without one (no
+            // ca-certificates package) the build fails, even for http URLs.
+            message: format!(
+                "cannot build the HTTPS client ({}): are the system's CA certificates installed?",
+                error_chain(&e)
+            ),
         })?;
     let name = tarball_name(&settings.version, arch);
     let expected = match (&settings.sha256, known_digest(&settings.version, arch)) {
@@ -388,6 +393,18 @@ fn lexical_depth(path: &Path) -> Option<usize> {
         }
     }
     Some(depth)
+}
+
+/// An error and its sources, joined by ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
