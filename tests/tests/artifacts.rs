@@ -69,6 +69,7 @@ fn shell_scripts() -> Vec<PathBuf> {
         "packaging/rpm/post",
         "packaging/rpm/preun",
         "packaging/rpm/postun",
+        "packaging/packer/provision.sh",
         ".ci/run",
     ]
     .iter()
