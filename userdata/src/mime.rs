@@ -41,10 +41,10 @@ pub fn render(script: &str, extra: &[MimePart]) -> String {
             p.filename.replace(['"', '\\', '\n'], "_"),
         );
         if seven_bit {
+            // The line break before a boundary belongs to the boundary
+            // (RFC 2046), so the part keeps its own final newline.
             m.push_str(&p.body);
-            if !p.body.ends_with('\n') {
-                m.push('\n');
-            }
+            m.push('\n');
         } else {
             let encoded = base64(p.body.as_bytes());
             for chunk in encoded.as_bytes().chunks(76) {

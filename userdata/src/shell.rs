@@ -105,7 +105,8 @@ pub fn render(plan: &Plan, variant: Variant) -> String {
         "# runner-agent bootstrap, rendered by runner-userdata {} ({}, os {}).",
         env!("CARGO_PKG_VERSION"),
         match variant {
-            Variant::Full => plan.format.name(),
+            // Also the mime format's part: the same bytes as `shell`.
+            Variant::Full => "shell",
             Variant::CloudConfigRuncmd => "cloud-config runcmd",
         },
         plan.os.name()
