@@ -34,10 +34,11 @@ source "amazon-ebs" "runner-agent" {
     owners      = var.source_ami_owners
     most_recent = true
   }
+  # The digest, not the URL: a presigned URL would leak its signature.
   tags = {
-    Name           = "${var.ami_name_prefix}-${var.arch}-${local.stamp}"
-    RunnerAgentUrl = local.agent_url
-    RunnerVersion  = var.runner_version
+    Name              = "${var.ami_name_prefix}-${var.arch}-${local.stamp}"
+    RunnerAgentSha256 = local.agent_sha256
+    RunnerVersion     = var.runner_version
   }
 }
 
