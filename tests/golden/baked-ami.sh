@@ -30,6 +30,17 @@ put_file() {
     put_file_changed=1
 }
 
+# remove_file PATH: removes what an earlier run wrote and this one does not;
+# sets put_file_changed likewise.
+remove_file() {
+    put_file_changed=0
+    if [ -e "$1" ]; then
+        rm -f "$1" || fail "cannot remove $1"
+        log "removed $1"
+        put_file_changed=1
+    fi
+}
+
 config_changed=0
 agent_changed=0
 unit_changed=0
@@ -43,11 +54,14 @@ if getent group docker >/dev/null && ! id -nG 'runner' | tr ' ' '\n' | grep -qx 
     usermod -aG docker 'runner'
     log "added "'runner'" to group docker"
 fi
+remove_file /etc/sudoers.d/90-runner-agent
+[ "$put_file_changed" = 0 ] || config_changed=1
 
 agent='/usr/bin/runner-agent'
 # The agent comes with the image (Packer recipe or package).
 [ -x "$agent" ] || fail "$agent is missing: this user data expects an image with runner-agent installed; render with [agent.download] to fetch it instead"
-log "using $("$agent" --version)"
+version=$("$agent" --version) || fail "$agent does not run on $(uname -m)"
+log "using $version at $agent"
 
 # The agent's configuration (secrets never go here: the registration token
 # comes from DynamoDB at claim time).
@@ -88,7 +102,7 @@ for dir in /etc/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
         break
     fi
 done
-if [ -z "$unit_file" ] || { [ "$unit_file" = /etc/systemd/system/runner-agent.service ] && head -n 1 "$unit_file" | grep -qx '# Written by runner-userdata: the agent'\''s unit, with ExecStart at the agent'\''s path.'; }; then
+if [ -z "$unit_file" ] || { [ "$unit_file" = /etc/systemd/system/runner-agent.service ] && head -n 1 "$unit_file" | grep -qxF '# Written by runner-userdata: the agent'\''s unit, with ExecStart at the agent'\''s path.'; }; then
 put_file /etc/systemd/system/runner-agent.service 644 <<'RUNNER_USERDATA_EOF'
 # Written by runner-userdata: the agent's unit, with ExecStart at the agent's path.
 [Unit]
@@ -114,9 +128,13 @@ LockPersonality=yes
 WantedBy=multi-user.target
 RUNNER_USERDATA_EOF
 [ "$put_file_changed" = 0 ] || unit_changed=1
-elif ! grep -qx "ExecStart=$agent run" "$unit_file"; then
+remove_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf
+[ "$put_file_changed" = 0 ] || unit_changed=1
+elif grep -qxF "ExecStart=$agent run" "$unit_file"; then
+remove_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf
+[ "$put_file_changed" = 0 ] || unit_changed=1
+else
 put_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf 644 <<'RUNNER_USERDATA_EOF'
-# Written by runner-userdata: the agent is at /usr/bin/runner-agent.
 [Service]
 ExecStart=
 ExecStart=/usr/bin/runner-agent run
@@ -128,16 +146,10 @@ if [ "$unit_changed" = 1 ]; then
     systemctl daemon-reload
 fi
 systemctl enable runner-agent.service
-# --no-block: from cloud-init's final stage, waiting for the start job
-# could wait on cloud-init itself.
-if systemctl is-active --quiet runner-agent.service; then
-    if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
-        log "configuration changed: restarting runner-agent"
-        systemctl restart --no-block runner-agent.service
-    else
-        log "runner-agent is already running; nothing changed"
-    fi
+if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
+    systemctl restart --no-block runner-agent.service
+    log "runner-agent (re)started; follow it with: journalctl -u runner-agent -f"
 else
     systemctl start --no-block runner-agent.service
-    log "runner-agent started; follow it with: journalctl -u runner-agent -f"
+    log "nothing changed; runner-agent is started if it was not"
 fi

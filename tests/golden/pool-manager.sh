@@ -1,31 +1,30 @@
 #!/bin/bash
-# runner-agent for fleet-actions/ec2-runner-pool-manager, rendered by runner-userdata 0.1.0 (os ubuntu-24.04).
-# Installs and starts runner-agent, then ends the pool manager's bash agent (our
-# parent) so that runner-agent alone heartbeats, registers and signals.
+# runner-userdata 0.1.0 (pool-manager, os ubuntu-24.04): starts runner-agent, ends the pool manager's bash agent.
 set -euo pipefail
 log() { echo "runner-userdata: $*" >&2; }
 fail() {
     log "error: $*"
     exit 1
 }
+[ -z "${TABLE_NAME:-}" ] || [ "$TABLE_NAME" = 'acme-widgets-ci-table' ] || fail "the pool manager's table is $TABLE_NAME, not "'acme-widgets-ci-table'
 a='/usr/local/bin/runner-agent'
 case $(uname -m) in
-x86_64) u='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz' h=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef p=https ;;
+x86_64) u='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz' h=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef p=https t=1 ;;
 *) fail "no agent download for $(uname -m)" ;;
 esac
 w=$(mktemp -d)
-curl -fsSL --proto "=$p" --proto-redir "=$p" --retry 5 -o "$w/d" "$u" || fail "downloading $u"
+curl -fsSL --proto "=$p" --proto-redir "=$p" --connect-timeout 10 -m 300 --retry 5 --retry-all-errors -o "$w/d" "$u" || fail "downloading $u"
 echo "$h  $w/d" | sha256sum -c --quiet || fail "$u: SHA-256 differs from $h; not installed"
-case $u in *.tar.gz | *.tgz)
-    tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent'
+if [ "$t" = 1 ]; then
+    tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' || fail "no */runner-agent in $u"
     mv "$w/runner-agent" "$w/d"
-    ;;
-esac
+fi
 install -D -m 755 "$w/d" "$a"
 rm -rf "$w"
+"$a" --version || fail "$a does not run"
 install -D -m 600 /dev/stdin /etc/runner-agent/config.toml <<'RUNNER_USERDATA_EOF'
 # Written by runner-userdata; keys in docs/config.md.
-table = "acme-widgets-pool"
+table = "acme-widgets-ci-table"
 
 [github]
 url = "https://github.com/acme/widgets"
@@ -62,7 +61,7 @@ LockPersonality=yes
 [Install]
 WantedBy=multi-user.target
 RUNNER_USERDATA_EOF
-elif ! grep -qx "ExecStart=$a run" "$f"; then
+elif ! grep -qxF "ExecStart=$a run" "$f"; then
 install -D -m 644 /dev/stdin /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf <<'RUNNER_USERDATA_EOF'
 [Service]
 ExecStart=
@@ -71,15 +70,18 @@ RUNNER_USERDATA_EOF
 fi
 w=$PPID
 d=$(readlink "/proc/$w/cwd" || true)
-if [ "${d##*/}" = actions-runner ] && [ -f "$d/user-script.sh" ] && [ -f "$d/heartbeat.sh" ]; then
-    log "ending the pool manager's bash agent (pid $w): runner-agent takes over"
-    kill -TERM "$w"
-    sleep 1
-    kill -KILL "$w" 2>/dev/null || true
-else
-    log "parent $w is not the pool manager's bash agent; leaving it be"
+e=$(readlink "/proc/$w/exe" || true)
+if [ "${e##*/}" = bash ] && [ "${d##*/}" = actions-runner ] && [ -f "$d/user-script.sh" ] && [ -f "$d/heartbeat.sh" ]; then
+    k=1
+elif [ -n "${TABLE_NAME:-}" ]; then
+    fail "TABLE_NAME is set but pid $w is not the pool manager's bash agent"
 fi
 systemctl daemon-reload
-# --no-block: cloud-init's final stage may be what the start job waits for.
 systemctl enable --now --no-block runner-agent.service
 log "runner-agent started"
+if [ -n "${k:-}" ]; then
+    log "ending the pool manager's bash agent (pid $w)"
+    kill -TERM "$w"
+    sleep 1
+    ! kill -0 "$w" 2>/dev/null || kill -KILL "$w"
+fi

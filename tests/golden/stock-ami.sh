@@ -31,6 +31,17 @@ put_file() {
     put_file_changed=1
 }
 
+# remove_file PATH: removes what an earlier run wrote and this one does not;
+# sets put_file_changed likewise.
+remove_file() {
+    put_file_changed=0
+    if [ -e "$1" ]; then
+        rm -f "$1" || fail "cannot remove $1"
+        log "removed $1"
+        put_file_changed=1
+    fi
+}
+
 config_changed=0
 agent_changed=0
 unit_changed=0
@@ -51,8 +62,19 @@ missing_packages() {
     local p
     for p in "$@"; do
         case "$os" in
-            al2023) rpm -q "$p" >/dev/null 2>&1 || printf '%s\n' "$p" ;;
+            al2023) rpm -q --whatprovides "$p" >/dev/null 2>&1 || printf '%s\n' "$p" ;;
             *) dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s\n' "$p" ;;
+        esac
+    done
+}
+# An image with Docker's own packages (docker-ce) has docker already: its
+# docker.io would conflict with them.
+skip_docker() {
+    local p
+    for p in "$@"; do
+        case "$p" in
+            docker | docker.io) command -v docker >/dev/null || printf '%s\n' "$p" ;;
+            *) printf '%s\n' "$p" ;;
         esac
     done
 }
@@ -65,16 +87,22 @@ esac
 if [ "${RUNNER_USERDATA_SKIP_PACKAGES:-0}" = 1 ]; then
     log "RUNNER_USERDATA_SKIP_PACKAGES=1: not installing ${packages[*]}"
 else
-    mapfile -t missing < <(missing_packages "${packages[@]}")
+    mapfile -t wanted < <(skip_docker "${packages[@]}")
+    mapfile -t missing < <(missing_packages "${wanted[@]}")
     if [ ${#missing[@]} -eq 0 ]; then
         log "packages already installed"
     else
         log "installing ${missing[*]}"
         case "$os" in
-            al2023) dnf install -y -q --setopt=install_weak_deps=False "${missing[@]}" ;;
+            al2023) dnf install -y -q --allowerasing --setopt=install_weak_deps=False "${missing[@]}" ;;
             ubuntu-22.04 | ubuntu-24.04 | debian-12)
                 export DEBIAN_FRONTEND=noninteractive
-                apt-get -o DPkg::Lock::Timeout=600 update -qq
+                tries=0
+                until apt-get -o DPkg::Lock::Timeout=600 update -qq; do
+                    tries=$((tries + 1))
+                    [ "$tries" -lt 30 ] || fail "apt-get update kept failing"
+                    sleep 10
+                done
                 apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
                 ;;
         esac
@@ -102,8 +130,8 @@ RUNNER_USERDATA_EOF
 agent='/usr/local/bin/runner-agent'
 # The agent is downloaded, and used only if its SHA-256 matches.
 case "$(uname -m)" in
-    aarch64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-aarch64-linux-musl.tar.gz'; agent_sha256=3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7; agent_proto='=https' ;;
-    x86_64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz'; agent_sha256=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef; agent_proto='=https' ;;
+    aarch64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-aarch64-linux-musl.tar.gz'; agent_sha256=3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7; agent_proto=https; agent_packed=tar ;;
+    x86_64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz'; agent_sha256=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef; agent_proto=https; agent_packed=tar ;;
     *) fail "no agent download for $(uname -m) in this user data (have: aarch64, x86_64)" ;;
 esac
 stamp=/var/lib/runner-userdata/agent.sha256
@@ -114,19 +142,18 @@ else
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     log "downloading $agent_url"
-    curl --fail --silent --show-error --location --proto "$agent_proto" --proto-redir "$agent_proto" \
-        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 \
+    curl --fail --silent --show-error --location --proto "=$agent_proto" --proto-redir "=$agent_proto" \
+        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 --retry-all-errors \
         --output "$work/download" "$agent_url" || fail "downloading $agent_url"
     echo "$agent_sha256  $work/download" | sha256sum --check --quiet ||
         fail "$agent_url: SHA-256 $(sha256sum <"$work/download" | cut -d ' ' -f 1), expected $agent_sha256; not installed"
-    case "$agent_url" in
-        *.tar.gz | *.tgz)
-            tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
-                fail "$agent_url holds no */runner-agent"
-            new_agent=$work/runner-agent
-            ;;
-        *) new_agent=$work/download ;;
-    esac
+    if [ "$agent_packed" = tar ]; then
+        tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
+            fail "$agent_url holds no */runner-agent"
+        new_agent=$work/runner-agent
+    else
+        new_agent=$work/download
+    fi
     chmod 0755 "$new_agent"
     "$new_agent" --version >/dev/null || fail "the downloaded agent does not run on $(uname -m)"
     mkdir -p "${agent%/*}" /var/lib/runner-userdata
@@ -177,7 +204,7 @@ for dir in /etc/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
         break
     fi
 done
-if [ -z "$unit_file" ] || { [ "$unit_file" = /etc/systemd/system/runner-agent.service ] && head -n 1 "$unit_file" | grep -qx '# Written by runner-userdata: the agent'\''s unit, with ExecStart at the agent'\''s path.'; }; then
+if [ -z "$unit_file" ] || { [ "$unit_file" = /etc/systemd/system/runner-agent.service ] && head -n 1 "$unit_file" | grep -qxF '# Written by runner-userdata: the agent'\''s unit, with ExecStart at the agent'\''s path.'; }; then
 put_file /etc/systemd/system/runner-agent.service 644 <<'RUNNER_USERDATA_EOF'
 # Written by runner-userdata: the agent's unit, with ExecStart at the agent's path.
 [Unit]
@@ -203,9 +230,13 @@ LockPersonality=yes
 WantedBy=multi-user.target
 RUNNER_USERDATA_EOF
 [ "$put_file_changed" = 0 ] || unit_changed=1
-elif ! grep -qx "ExecStart=$agent run" "$unit_file"; then
+remove_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf
+[ "$put_file_changed" = 0 ] || unit_changed=1
+elif grep -qxF "ExecStart=$agent run" "$unit_file"; then
+remove_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf
+[ "$put_file_changed" = 0 ] || unit_changed=1
+else
 put_file /etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf 644 <<'RUNNER_USERDATA_EOF'
-# Written by runner-userdata: the agent is at /usr/local/bin/runner-agent.
 [Service]
 ExecStart=
 ExecStart=/usr/local/bin/runner-agent run
@@ -217,16 +248,10 @@ if [ "$unit_changed" = 1 ]; then
     systemctl daemon-reload
 fi
 systemctl enable runner-agent.service
-# --no-block: from cloud-init's final stage, waiting for the start job
-# could wait on cloud-init itself.
-if systemctl is-active --quiet runner-agent.service; then
-    if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
-        log "configuration changed: restarting runner-agent"
-        systemctl restart --no-block runner-agent.service
-    else
-        log "runner-agent is already running; nothing changed"
-    fi
+if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
+    systemctl restart --no-block runner-agent.service
+    log "runner-agent (re)started; follow it with: journalctl -u runner-agent -f"
 else
     systemctl start --no-block runner-agent.service
-    log "runner-agent started; follow it with: journalctl -u runner-agent -f"
+    log "nothing changed; runner-agent is started if it was not"
 fi

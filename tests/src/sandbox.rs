@@ -17,7 +17,10 @@ pub struct Sandbox {
 }
 
 /// `systemctl` as the rendered scripts use it, copying systemd:
-/// - `daemon-reload`: re-reading units (nothing to cache here: a no-op);
+/// - `daemon-reload`: forgets the loaded units. A unit is loaded (unit
+///   file and drop-ins) when first started; a later change on disk is not
+///   seen until the next reload, and systemctl warns that it "changed on
+///   disk", as systemd does;
 /// - `enable UNIT`: the `WantedBy=` symlink in
 ///   /etc/systemd/system/multi-user.target.wants;
 /// - `enable --now` / `start` (`--no-block` queues, returns at once):
@@ -26,8 +29,10 @@ pub struct Sandbox {
 ///   (new session, stdin /dev/null, output to the unit's log, as the
 ///   journal would take it); starting an active unit does nothing;
 /// - `is-active --quiet`: whether that process is alive;
-/// - `restart`: stop (SIGTERM, as KillMode sends it) then start;
-/// - `stop`: SIGTERM and wait.
+/// - `restart`: stop then start;
+/// - `stop`: SIGTERM (KillMode=mixed sends it to the main process), then
+///   SIGKILL after 30 s (its TimeoutStopSec is 60 s; the agent's own stop
+///   budget is 25 s).
 ///
 /// Unlike systemd, the service inherits the caller's environment: that is
 /// how the agent gets the loopback endpoints and test credentials.
@@ -60,18 +65,39 @@ unit_file() {
     echo "Failed to $verb unit: Unit file $unit does not exist." >&2
     exit 1
 }
-active() { [ -f "$run/$unit.pid" ] && kill -0 "$(cat "$run/$unit.pid")" 2>/dev/null; }
+# Running, and not a zombie waiting for a reaper.
+alive() {
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d ' ' -f 1)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+active() { [ -f "$run/$unit.pid" ] && alive "$(cat "$run/$unit.pid")"; }
+# The unit file and its drop-ins, as systemd would load them now.
+on_disk() {
+    local f
+    for f in "$(unit_file)" /etc/systemd/system/"$unit".d/*.conf; do
+        [ ! -f "$f" ] || cat "$f"
+    done
+}
+load() {
+    mkdir -p "$run/units"
+    if [ ! -f "$run/units/$unit" ]; then
+        on_disk >"$run/units/$unit"
+    elif ! on_disk | cmp -s - "$run/units/$unit"; then
+        echo "Warning: The unit file, source configuration file or drop-ins of $unit changed on disk. Run 'systemctl daemon-reload' to reload units." >&2
+    fi
+}
 start() {
     local file exec
     active && return 0
     file=$(unit_file)
-    exec=$(
-        for f in "$file" /etc/systemd/system/"$unit".d/*.conf; do
-            [ ! -f "$f" ] || sed -n 's/^ExecStart=//p' "$f"
-        done | tail -n 1
-    )
+    load
+    exec=$(sed -n 's/^ExecStart=//p' "$run/units/$unit" | tail -n 1)
     [ -n "$exec" ] || { echo "$unit has no ExecStart" >&2; exit 1; }
+    # Both take space-separated lists, as systemd reads them.
+    # shellcheck disable=SC2013
     for d in $(sed -n 's/^StateDirectory=//p' "$file"); do mkdir -p "/var/lib/$d"; done
+    # shellcheck disable=SC2013
     for d in $(sed -n 's/^ConfigurationDirectory=//p' "$file"); do mkdir -p "/etc/$d"; done
     # shellcheck disable=SC2086 # ExecStart is a command line
     setsid $exec </dev/null >>"/var/log/$unit.log" 2>&1 &
@@ -83,13 +109,20 @@ stop() {
     pid=$(cat "$run/$unit.pid")
     kill -TERM "$pid"
     for _ in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
     done
+    if alive "$pid"; then
+        kill -KILL "$pid"
+        for _ in $(seq 1 50); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+    fi
     rm -f "$run/$unit.pid"
 }
 case "$verb" in
-    daemon-reload) ;;
+    daemon-reload) rm -rf "$run/units" ;;
     enable)
         file=$(unit_file)
         mkdir -p /etc/systemd/system/multi-user.target.wants

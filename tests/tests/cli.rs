@@ -64,13 +64,23 @@ async fn status_json_reports_phase_and_registration() {
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
     stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
-    let out = stack
-        .agent_command(&["status", "--json"], &spec)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    // The agent stores the signal, then its state file: `status` may still
+    // say "registering" for a moment after the signal is visible.
+    let started = Instant::now();
+    let status = loop {
+        let out = stack
+            .agent_command(&["status", "--json"], &spec)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        if status["phase"] != "registering" || started.elapsed() > Duration::from_secs(5) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status["running"], true);
     assert_eq!(status["phase"], "registered", "{status}");
     assert_eq!(status["registration"]["run_id"], INITIAL_RUN_ID);

@@ -370,3 +370,48 @@ fn iam_policy_scopes_the_table_and_the_control_plane_side() {
         assert_eq!(userdata(&bad).status.code(), Some(1), "{bad:?}");
     }
 }
+
+/// The e2e tests' `systemctl` stand-in is shell too.
+#[test]
+fn the_sandbox_systemctl_stub_passes_shellcheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("systemctl");
+    std::fs::write(&stub, stack::sandbox::SYSTEMCTL_STUB).unwrap();
+    shellcheck(&[stub]);
+}
+
+/// Whatever the operator's script holds comes back from cloud-init's YAML
+/// parser byte for byte: text that reads well as a literal block is one,
+/// the rest is a double-quoted scalar with YAML's escapes.
+#[test]
+fn cloud_config_carries_any_script_text_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(golden_dir().join("cloud-config.toml")).unwrap();
+    let texts = [
+        "#!/bin/bash\n---\n...\n\techo tab-indented\n# comment: with colon\n\n\necho 'quotes' \"and\" \\backslash\n",
+        "no final newline",
+        "trailing spaces   \n   \nline sep\u{2028}next\u{85}nel \u{7f} del \u{feff} bom \u{fffe} tail\n\n\n",
+        " leading space, emoji \u{1F680}, accents éü\n",
+    ];
+    for (n, text) in texts.iter().enumerate() {
+        std::fs::write(dir.path().join("pre-runner.sh"), text).unwrap();
+        let input = dir.path().join("input.toml");
+        std::fs::write(&input, &base).unwrap();
+        let out = dir.path().join(format!("out-{n}.yaml"));
+        rendered(&[
+            "render",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let mut schema = Command::new("cloud-init");
+        schema.args(["schema", "--config-file"]).arg(&out);
+        check_tool(schema, "cloud-init schema");
+        python(
+            "import sys, yaml\nd = yaml.safe_load(open(sys.argv[1], encoding='utf-8'))\nf = [f for f in d['write_files'] if f['path'] == '/etc/runner-agent/pre-runner.sh'][0]\nopen(sys.argv[1] + '.content', 'w', encoding='utf-8', newline='').write(f['content'])",
+            &out,
+        );
+        let back = std::fs::read_to_string(format!("{}.content", out.display())).unwrap();
+        assert_eq!(&back, text, "case {n}");
+    }
+}

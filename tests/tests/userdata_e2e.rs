@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const SIGNAL_WAIT: Duration = Duration::from_secs(30);
@@ -152,6 +152,26 @@ async fn expect_signal(stack: &Stack, sandbox: &Sandbox, state: &str, run_id: &s
     }
 }
 
+/// UD_OK for the InitialRunId, written by the agent after the operator's
+/// script. The worker signal item holds one signal, and UD_REG_OK for the
+/// same run follows within milliseconds (the instance was created for it),
+/// so the agent's log says it rather than a poll that may come too late.
+async fn expect_ud_ok(sandbox: &Sandbox) {
+    let needle = format!("signal written signal=UD_OK run_id=\"{INITIAL_RUN_ID}\"");
+    let started = std::time::Instant::now();
+    while !sandbox
+        .read("/var/log/runner-agent.service.log")
+        .contains(&needle)
+    {
+        assert!(
+            started.elapsed() < SIGNAL_WAIT,
+            "no UD_OK; agent log:\n{}",
+            sandbox.read("/var/log/runner-agent.service.log")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Claim, register, release, deregister: the agent the user data started
 /// serves the pool.
 async fn claim_and_release(stack: &Stack, sandbox: &Sandbox, run_id: &str, from_state: &str) {
@@ -202,7 +222,7 @@ async fn shell_user_data_installs_and_starts_the_agent_then_changes_nothing_on_a
     );
     assert!(log.contains("created user runner"), "{log}");
 
-    expect_signal(&stack, &sandbox, "UD_OK", INITIAL_RUN_ID).await;
+    expect_ud_ok(&sandbox).await;
     assert_eq!(
         sandbox.read("/var/log/pre-runner.out"),
         "pre-runner ran as root\n"
@@ -253,20 +273,62 @@ async fn shell_user_data_installs_and_starts_the_agent_then_changes_nothing_on_a
     let log = text(&second);
     assert!(second.status.success(), "{log}");
     assert!(
-        log.contains("runner-agent is already running; nothing changed"),
+        log.contains("nothing changed; runner-agent is started if it was not"),
         "{log}"
     );
-    assert!(!log.contains("wrote "), "{log}");
+    assert!(
+        !log.contains("wrote ") && !log.contains("removed "),
+        "{log}"
+    );
     let after: Vec<_> = files.iter().map(|f| mtime(&sandbox, f)).collect();
     assert_eq!(before, after, "a second run rewrote files");
     assert_eq!(sandbox.service_pid("runner-agent.service"), Some(pid));
     let new_calls = sandbox.read("/var/log/systemctl.calls")[calls_before.len()..].to_owned();
     assert_eq!(
         new_calls,
-        "systemctl enable runner-agent.service\nsystemctl is-active --quiet runner-agent.service\n"
+        "systemctl enable runner-agent.service\nsystemctl start --no-block runner-agent.service\n"
     );
     // And the pool is still served.
     claim_and_release(&stack, &sandbox, "3000-2", "claimed").await;
+
+    // Third run, re-rendered with another config (a label more, no sudo):
+    // the config is rewritten, the sudoers line removed, the agent
+    // restarted with it; the unit, unchanged, is not reloaded.
+    let changed = input.replace("runner_user_sudo = true\n", "").replace(
+        "user = \"runner\"\n",
+        "user = \"runner\"\nextra_labels = [\"gpu\"]\n",
+    );
+    render(&stack, &sandbox, &changed, "shell", script_path);
+    set_mode(&sandbox.path(script_path), 0o700);
+    let calls_before = sandbox.read("/var/log/systemctl.calls");
+    let third = sandbox.run(&[script_path], &env, SCRIPT_TIMEOUT).await;
+    let log = text(&third);
+    assert!(third.status.success(), "{log}");
+    assert!(log.contains("wrote /etc/runner-agent/config.toml"), "{log}");
+    assert!(
+        log.contains("removed /etc/sudoers.d/90-runner-agent"),
+        "{log}"
+    );
+    assert!(!log.contains("changed on disk"), "{log}");
+    let new_calls = sandbox.read("/var/log/systemctl.calls")[calls_before.len()..].to_owned();
+    assert_eq!(
+        new_calls,
+        "systemctl enable runner-agent.service\nsystemctl restart --no-block runner-agent.service\n"
+    );
+    let restarted = sandbox
+        .service_pid("runner-agent.service")
+        .expect("agent running");
+    assert_ne!(restarted, pid);
+    stack.cp.claim(&stack.instance_id, "3000-3").await;
+    expect_signal(&stack, &sandbox, "UD_REG_OK", "3000-3").await;
+    let configures = sandbox.read("/var/log/fake-runner.log");
+    assert!(
+        configures
+            .lines()
+            .rfind(|l| l.contains("CONFIGURE "))
+            .is_some_and(|l| l.contains("labels=3000-3,gpu")),
+        "{configures}"
+    );
 }
 
 /// A download that does not match its pinned SHA-256 is not installed and
@@ -410,18 +472,16 @@ async fn pool_manager_script_takes_over_from_the_control_planes_bash_agent() {
         "os = \"ubuntu-22.04\"\npackages = false\npre_runner_script = \"pre-runner.sh\"\n[agent.download.x86_64]\nurl = \"{url}\"\nsha256 = \"{sha}\"\n{}",
         agent_config(&stack, "allow_run_as_root = true\n")
     );
-    let started = Instant::now();
     let (out, log) = run_under_pool_manager(&stack, &sandbox, &input).await;
     // cloud-init gets its script back (ended by SIGTERM) instead of a
     // process that loops for ever.
     assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{log}");
-    assert!(started.elapsed() < SCRIPT_TIMEOUT);
     assert!(
-        log.contains("runner-userdata: ending the pool manager's bash agent"),
+        log.contains("runner-agent started\nrunner-userdata: ending the pool manager's bash agent"),
         "{log}"
     );
 
-    expect_signal(&stack, &sandbox, "UD_OK", INITIAL_RUN_ID).await;
+    expect_ud_ok(&sandbox).await;
     assert_eq!(
         sandbox.read("/var/log/pre-runner.out"),
         "pre-runner ran as root\n"
@@ -499,25 +559,69 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     );
 }
 
-/// When the pool-manager script fails (here: the download does not match
-/// its checksum), the wrapper reports it exactly as for any failed
-/// pre-runner-script: UD_FAILED for the InitialRunId, and no agent starts.
+/// When the pool-manager script fails, the wrapper reports it exactly as
+/// for any failed pre-runner-script: UD_FAILED for the InitialRunId, and no
+/// agent starts. Here: a download that does not match its checksum, and a
+/// script rendered for another pool's table. Run outside the wrapper but
+/// with its TABLE_NAME, it refuses to start a second agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_pool_manager_script_leaves_the_wrapper_to_signal_ud_failed() {
     let stack = Stack::start(StackOptions::default()).await;
-    let sandbox = Sandbox::new(stack.dir.path(), "ubuntu-24.04");
     let (url, sha) = serve_agent_tarball(&stack);
     let wrong: String = sha.chars().rev().collect();
-    let input = format!(
-        "os = \"ubuntu-24.04\"\npackages = false\n[agent.download.x86_64]\nurl = \"{url}\"\nsha256 = \"{wrong}\"\n{}",
-        agent_config(&stack, "allow_run_as_root = true\n")
+    let input = |sha: &str| {
+        format!(
+            "os = \"ubuntu-24.04\"\npackages = false\n[agent.download.x86_64]\nurl = \"{url}\"\nsha256 = \"{sha}\"\n{}",
+            agent_config(&stack, "allow_run_as_root = true\n")
+        )
+    };
+    let other_table = input(&sha).replace(
+        &format!("table = \"{}\"", stack.cp.table),
+        "table = \"someone-elses-ci-table\"",
     );
-    let (out, log) = run_under_pool_manager(&stack, &sandbox, &input).await;
+    let cases = [
+        ("checksum", input(&wrong), "SHA-256 differs"),
+        (
+            "table",
+            other_table,
+            "the pool manager's table is acme-widgets-",
+        ),
+    ];
+    for (name, input, expected) in cases {
+        let sandbox = Sandbox::new(&stack.dir.path().join(name), "ubuntu-24.04");
+        let (out, log) = run_under_pool_manager(&stack, &sandbox, &input).await;
+        assert_eq!(out.status.code(), Some(1), "{name}: {log}");
+        assert!(log.contains(expected), "{name}: {log}");
+        assert_eq!(
+            sandbox.read("/var/log/wrapper-steps.log"),
+            format!("emitSignal {INITIAL_RUN_ID} UD_FAILED\n"),
+            "{name}: {log}"
+        );
+        assert_eq!(sandbox.read("/var/log/systemctl.calls"), "", "{name}");
+    }
+
+    let sandbox = Sandbox::new(&stack.dir.path().join("no-wrapper"), "ubuntu-24.04");
+    render(
+        &stack,
+        &sandbox,
+        &input(&sha),
+        "pool-manager",
+        "/root/pre-runner-script.sh",
+    );
+    let mut env = instance_env(&stack, &sandbox);
+    env.push(("TABLE_NAME".into(), stack.cp.table.clone()));
+    let out = sandbox
+        .run(
+            &["bash", "/root/pre-runner-script.sh"],
+            &env,
+            SCRIPT_TIMEOUT,
+        )
+        .await;
+    let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("SHA-256 differs"), "{log}");
-    assert_eq!(
-        sandbox.read("/var/log/wrapper-steps.log"),
-        format!("emitSignal {INITIAL_RUN_ID} UD_FAILED\n"),
+    assert!(
+        log.contains("TABLE_NAME is set but pid")
+            && log.contains("is not the pool manager's bash agent"),
         "{log}"
     );
     assert_eq!(sandbox.read("/var/log/systemctl.calls"), "");

@@ -85,16 +85,9 @@ struct PolicyArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match runner_agent::cli::parse_args() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Render(args) => render(args),
@@ -150,16 +143,7 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
         policy::check_scope(&scope).map_err(|(flag, e)| anyhow!("{flag}: {e}"))?;
         let table = match (args.table, &args.input) {
             (Some(t), _) => t,
-            (None, Some(path)) => {
-                let plan = Plan::load(Some(path), &Overrides::default())?;
-                runner_agent::config::Settings::from_toml(
-                    Path::new("agent_config"),
-                    &plan.config_toml,
-                    std::iter::empty(),
-                )
-                .context("agent_config")?
-                .table
-            }
+            (None, Some(path)) => Plan::load(Some(path), &Overrides::default())?.table,
             (None, None) => return Err(anyhow!("give --table or an input file")),
         };
         if !table

@@ -55,9 +55,36 @@ fn file(y: &mut String, path: &str, permissions: &str, content: &str) {
     block(y, content, 6);
 }
 
-/// A YAML double-quoted scalar: JSON's string syntax is a subset of it.
+/// A YAML double-quoted scalar. Everything outside YAML's printable set,
+/// and every character a YAML parser takes as a line break, is escaped.
 pub fn scalar(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{85}' => out.push_str("\\N"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            c if yaml_printable(c) => out.push(c),
+            c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// YAML 1.1's printable characters (what PyYAML, cloud-init's parser,
+/// accepts), without the ones it reads as line breaks.
+fn yaml_printable(c: char) -> bool {
+    matches!(c, '\t' | ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+        && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
 }
 
 /// A literal block scalar when the text allows one (readable in review),
@@ -65,10 +92,12 @@ pub fn scalar(s: &str) -> String {
 fn block(y: &mut String, text: &str, indent: usize) {
     let literal_ok = !text.is_empty()
         && !text.starts_with([' ', '\n'])
+        && text.chars().all(|c| c == '\n' || yaml_printable(c))
+        // Whitespace at a line's end, or a line of only whitespace, reads
+        // back differently (or not at all) from a block.
         && text
-            .chars()
-            .all(|c| c == '\n' || c == '\t' || !c.is_control())
-        && !text.contains('\u{feff}');
+            .split('\n')
+            .all(|line| !line.ends_with([' ', '\t']));
     if !literal_ok {
         y.push_str(&scalar(text));
         y.push('\n');

@@ -135,6 +135,8 @@ pub struct Plan {
     pub pre_runner: Option<String>,
     /// `/etc/runner-agent/config.toml`, as written.
     pub config_toml: String,
+    /// Its `table`.
+    pub table: String,
     pub mime_parts: Vec<MimePart>,
 }
 
@@ -142,6 +144,24 @@ pub struct Plan {
 pub struct Download {
     pub url: String,
     pub sha256: String,
+}
+
+impl Download {
+    /// curl's `--proto`: redirects must not leave the URL's own scheme.
+    pub fn proto(&self) -> &'static str {
+        if self.url.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// A release tarball (by its path: presigned URLs carry a query), else
+    /// the bare binary.
+    pub fn is_tarball(&self) -> bool {
+        let path = self.url.split(['?', '#']).next().unwrap_or_default();
+        path.ends_with(".tar.gz") || path.ends_with(".tgz")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +172,21 @@ pub struct MimePart {
 }
 
 pub const ARCHES: &[&str] = &["x86_64", "aarch64"];
+
+/// The MIME types cloud-init's user-data handlers take (others it skips).
+pub const CLOUD_INIT_PART_TYPES: &[&str] = &[
+    "text/cloud-boothook",
+    "text/cloud-config",
+    "text/cloud-config-archive",
+    "text/jinja2",
+    "text/part-handler",
+    "text/x-include-once-url",
+    "text/x-include-url",
+    "text/x-shellscript",
+    "text/x-shellscript-per-boot",
+    "text/x-shellscript-per-instance",
+    "text/x-shellscript-per-once",
+];
 
 impl Plan {
     /// Reads and validates `path` (or only `overrides` when `path` is
@@ -246,7 +281,19 @@ impl Plan {
 
         let pre_runner = match &raw.pre_runner_script {
             None => None,
-            Some(rel) => Some(read("pre_runner_script", rel)?.1),
+            Some(rel) => {
+                let (full, text) = read("pre_runner_script", rel)?;
+                if text.contains('\r') {
+                    return Err(invalid(
+                        "pre_runner_script",
+                        format!(
+                            "{} has CR (Windows) line endings, which bash does not run",
+                            full.display()
+                        ),
+                    ));
+                }
+                Some(text)
+            }
         };
 
         // The agent's config: the file's table, then the flags, then the
@@ -324,23 +371,32 @@ impl Plan {
                 return Err(invalid(&field, "only used with format \"mime\"".into()));
             }
             let ct = &part.content_type;
-            if !ct.starts_with("text/")
-                || !ct[5..]
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
-                || ct.len() == 5
-            {
+            if !CLOUD_INIT_PART_TYPES.contains(&ct.as_str()) {
                 return Err(invalid(
                     &format!("{field}.content_type"),
-                    format!("{ct:?} is not a text/* type cloud-init knows (text/cloud-config, text/x-shellscript, ...)"),
+                    format!(
+                        "{ct:?} is not a part type cloud-init handles ({})",
+                        CLOUD_INIT_PART_TYPES.join(", ")
+                    ),
                 ));
             }
             let (full, body) = read(&format!("{field}.path"), &part.path)?;
+            let filename = full
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // cloud-init stores parts by file name (scripts under
+            // scripts/<name>): a repeated name overwrites.
+            if filename == crate::mime::SCRIPT_PART_NAME
+                || mime_parts.iter().any(|p: &MimePart| p.filename == filename)
+            {
+                return Err(invalid(
+                    &format!("{field}.path"),
+                    format!("file name {filename:?} is already taken by another part"),
+                ));
+            }
             mime_parts.push(MimePart {
-                filename: full
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                filename,
                 content_type: ct.clone(),
                 body,
             });
@@ -357,6 +413,7 @@ impl Plan {
             downloads,
             pre_runner,
             config_toml,
+            table: settings.table,
             mime_parts,
         })
     }

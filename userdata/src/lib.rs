@@ -32,8 +32,10 @@ pub enum RenderError {
         size: usize,
         hint: &'static str,
     },
-    #[error("`pre_runner_script`: has a line `EOF`, which ends fleet-actions' here-document (cat <<'EOF') early")]
-    EofLine,
+    #[error(
+        "`{0}`: has a line `EOF`, which would end fleet-actions' here-document (cat <<'EOF') early"
+    )]
+    EofLine(&'static str),
     #[error("--gzip: the pool-manager script is embedded in the control plane's own user data, which cloud-init would not decompress")]
     GzipPoolManager,
 }
@@ -64,7 +66,13 @@ pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
             }
             let script = pool_manager::render(plan);
             if script.lines().any(|l| l == "EOF") {
-                return Err(RenderError::EofLine);
+                let eof_line = |text: &str| text.lines().any(|l| l == "EOF");
+                let field = if plan.pre_runner.as_deref().is_some_and(eof_line) {
+                    "pre_runner_script"
+                } else {
+                    "agent_config"
+                };
+                return Err(RenderError::EofLine(field));
             }
             script
         }

@@ -7,9 +7,12 @@ use crate::input::MimePart;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
 
+/// The file name of our shell part.
+pub const SCRIPT_PART_NAME: &str = "runner-agent.sh";
+
 pub fn render(script: &str, extra: &[MimePart]) -> String {
     let mut parts = vec![MimePart {
-        filename: "runner-agent.sh".into(),
+        filename: SCRIPT_PART_NAME.into(),
         content_type: "text/x-shellscript".into(),
         body: script.to_owned(),
     }];

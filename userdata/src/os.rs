@@ -143,10 +143,4 @@ impl OsChoice {
             OsChoice::Fixed(f) => vec![f],
         }
     }
-
-    pub fn all() -> Vec<OsChoice> {
-        std::iter::once(OsChoice::Auto)
-            .chain(OsFamily::ALL.into_iter().map(OsChoice::Fixed))
-            .collect()
-    }
 }

@@ -70,25 +70,6 @@ pub fn control_plane(role_arn: &str) -> Value {
     })
 }
 
-/// Every action a policy allows, sorted.
-pub fn actions(policy: &Value) -> Vec<String> {
-    let mut out: Vec<String> = policy["Statement"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| match &s["Action"] {
-            Value::String(a) => vec![a.clone()],
-            Value::Array(list) => list
-                .iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-            _ => vec![],
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 pub fn check_role_arn(arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     match parts.as_slice() {
@@ -135,6 +116,25 @@ pub fn check_scope(scope: &Scope) -> Result<(), (&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every action a policy allows, sorted.
+    pub fn actions(policy: &Value) -> Vec<String> {
+        let mut out: Vec<String> = policy["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(list) => list
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect(),
+                _ => vec![],
+            })
+            .collect();
+        out.sort();
+        out
+    }
 
     fn any() -> Scope {
         Scope {

@@ -21,14 +21,21 @@
 //! per instance); the `shell` format is the commented, idempotent one.
 
 use crate::input::{Plan, PRE_RUNNER_PATH};
-use crate::shell::{self, quote, CONFIG_PATH, UNIT_PATH};
+use crate::shell::{self, quote, CONFIG_PATH, SUDOERS_PATH, UNIT_DROP_IN, UNIT_PATH};
 use std::fmt::Write;
 
 pub fn render(plan: &Plan) -> String {
     let mut s = format!(
-        "#!/bin/bash\n# runner-agent for fleet-actions/ec2-runner-pool-manager, rendered by runner-userdata {} (os {}).\n# Installs and starts runner-agent, then ends the pool manager's bash agent (our\n# parent) so that runner-agent alone heartbeats, registers and signals.\nset -euo pipefail\nlog() {{ echo \"runner-userdata: $*\" >&2; }}\nfail() {{\n    log \"error: $*\"\n    exit 1\n}}\n",
+        "#!/bin/bash\n# runner-userdata {} (pool-manager, os {}): starts runner-agent, ends the pool manager's bash agent.\nset -euo pipefail\nlog() {{ echo \"runner-userdata: $*\" >&2; }}\nfail() {{\n    log \"error: $*\"\n    exit 1\n}}\n",
         env!("CARGO_PKG_VERSION"),
         plan.os.name()
+    );
+    // The wrapper exports the table it polls; a script rendered for another
+    // pool fails here, and the wrapper reports UD_FAILED.
+    let table = quote(&plan.table);
+    let _ = writeln!(
+        s,
+        "[ -z \"${{TABLE_NAME:-}}\" ] || [ \"$TABLE_NAME\" = {table} ] || fail \"the pool manager's table is $TABLE_NAME, not \"{table}"
     );
     if plan.packages {
         shell::packages(&mut s, plan);
@@ -42,7 +49,7 @@ pub fn render(plan: &Plan) -> String {
         if plan.runner_user_sudo {
             heredoc(
                 &mut s,
-                "/etc/sudoers.d/90-runner-agent",
+                SUDOERS_PATH,
                 "440",
                 &format!("{user} ALL=(ALL) NOPASSWD:ALL"),
             );
@@ -56,29 +63,31 @@ pub fn render(plan: &Plan) -> String {
     } else {
         s.push_str("case $(uname -m) in\n");
         for (arch, d) in &plan.downloads {
-            let proto = if d.url.starts_with("https://") {
-                "https"
-            } else {
-                "http"
-            };
-            let _ = writeln!(s, "{arch}) u={} h={} p={proto} ;;", quote(&d.url), d.sha256);
+            let _ = writeln!(
+                s,
+                "{arch}) u={} h={} p={} t={} ;;",
+                quote(&d.url),
+                d.sha256,
+                d.proto(),
+                u8::from(d.is_tarball())
+            );
         }
         s.push_str(
             r#"*) fail "no agent download for $(uname -m)" ;;
 esac
 w=$(mktemp -d)
-curl -fsSL --proto "=$p" --proto-redir "=$p" --retry 5 -o "$w/d" "$u" || fail "downloading $u"
+curl -fsSL --proto "=$p" --proto-redir "=$p" --connect-timeout 10 -m 300 --retry 5 --retry-all-errors -o "$w/d" "$u" || fail "downloading $u"
 echo "$h  $w/d" | sha256sum -c --quiet || fail "$u: SHA-256 differs from $h; not installed"
-case $u in *.tar.gz | *.tgz)
-    tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent'
+if [ "$t" = 1 ]; then
+    tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' || fail "no */runner-agent in $u"
     mv "$w/runner-agent" "$w/d"
-    ;;
-esac
+fi
 install -D -m 755 "$w/d" "$a"
 rm -rf "$w"
 "#,
         );
     }
+    s.push_str("\"$a\" --version || fail \"$a does not run\"\n");
     heredoc(&mut s, CONFIG_PATH, "600", &plan.config_toml);
     if let Some(script) = &plan.pre_runner {
         heredoc(&mut s, PRE_RUNNER_PATH, "700", script);
@@ -90,34 +99,43 @@ rm -rf "$w"
         "644",
         &shell::unit_text(&plan.agent_path, false),
     );
-    s.push_str("elif ! grep -qx \"ExecStart=$a run\" \"$f\"; then\n");
+    s.push_str("elif ! grep -qxF \"ExecStart=$a run\" \"$f\"; then\n");
     heredoc(
         &mut s,
-        "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf",
+        UNIT_DROP_IN,
         "644",
-        &format!("[Service]\nExecStart=\nExecStart={} run", plan.agent_path),
+        &shell::drop_in_text(&plan.agent_path),
     );
     s.push_str(TAKE_OVER);
     s
 }
 
-/// The wrapper's working directory holds these in every version of its
-/// user data (v2, 2025).
+/// The wrapper is recognised as bash (its executable: the script's own
+/// name is its `comm`) in a directory `actions-runner`
+/// holding files every version of its user data (v2, 2025) writes. Under
+/// another parent with the wrapper's `TABLE_NAME` two agents could end up
+/// driving one runner: fail before starting anything. Start before ending
+/// the wrapper, so that a failure to start is still its to report
+/// (UD_FAILED). `--no-block`: cloud-init's final stage may be what the
+/// start job waits for.
 const TAKE_OVER: &str = r#"fi
 w=$PPID
 d=$(readlink "/proc/$w/cwd" || true)
-if [ "${d##*/}" = actions-runner ] && [ -f "$d/user-script.sh" ] && [ -f "$d/heartbeat.sh" ]; then
-    log "ending the pool manager's bash agent (pid $w): runner-agent takes over"
-    kill -TERM "$w"
-    sleep 1
-    kill -KILL "$w" 2>/dev/null || true
-else
-    log "parent $w is not the pool manager's bash agent; leaving it be"
+e=$(readlink "/proc/$w/exe" || true)
+if [ "${e##*/}" = bash ] && [ "${d##*/}" = actions-runner ] && [ -f "$d/user-script.sh" ] && [ -f "$d/heartbeat.sh" ]; then
+    k=1
+elif [ -n "${TABLE_NAME:-}" ]; then
+    fail "TABLE_NAME is set but pid $w is not the pool manager's bash agent"
 fi
 systemctl daemon-reload
-# --no-block: cloud-init's final stage may be what the start job waits for.
 systemctl enable --now --no-block runner-agent.service
 log "runner-agent started"
+if [ -n "${k:-}" ]; then
+    log "ending the pool manager's bash agent (pid $w)"
+    kill -TERM "$w"
+    sleep 1
+    ! kill -0 "$w" 2>/dev/null || kill -KILL "$w"
+fi
 "#;
 
 fn heredoc(s: &mut String, path: &str, mode: &str, content: &str) {

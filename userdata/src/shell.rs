@@ -3,14 +3,15 @@
 //! unit, then `systemctl enable` + start. Each step checks before it
 //! changes anything, so a second run changes nothing.
 
-use crate::input::{Download, Plan, PRE_RUNNER_PATH};
+use crate::input::{Plan, PRE_RUNNER_PATH};
 use crate::os::{OsChoice, OsFamily, PackageManager};
 use std::fmt::Write;
 
 pub const CONFIG_PATH: &str = "/etc/runner-agent/config.toml";
 pub const UNIT_NAME: &str = "runner-agent.service";
 pub const UNIT_PATH: &str = "/etc/systemd/system/runner-agent.service";
-const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
+pub const SUDOERS_PATH: &str = "/etc/sudoers.d/90-runner-agent";
+pub const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
 /// First line of the unit we write, so a later run knows the file is ours.
 const UNIT_MARKER: &str =
     "# Written by runner-userdata: the agent's unit, with ExecStart at the agent's path.";
@@ -92,6 +93,17 @@ put_file() {
     put_file_changed=1
 }
 
+# remove_file PATH: removes what an earlier run wrote and this one does not;
+# sets put_file_changed likewise.
+remove_file() {
+    put_file_changed=0
+    if [ -e "$1" ]; then
+        rm -f "$1" || fail "cannot remove $1"
+        log "removed $1"
+        put_file_changed=1
+    fi
+}
+
 config_changed=0
 agent_changed=0
 unit_changed=0
@@ -115,18 +127,21 @@ pub fn render(plan: &Plan, variant: Variant) -> String {
         "# Re-render rather than edit. Running it again changes nothing that is\n\
          # already in place. Its log lines start with \"runner-userdata:\".\n",
     );
-    if plan.packages {
+    let packages_here = plan.packages
+        && !(variant == Variant::CloudConfigRuncmd && matches!(plan.os, OsChoice::Fixed(_)));
+    if packages_here {
         let _ = writeln!(
             s,
             "# {SKIP_PACKAGES_ENV}=1 skips (and logs skipping) the package installation."
         );
     }
     s.push_str(PRELUDE);
-
-    let packages_here = plan.packages
-        && !(variant == Variant::CloudConfigRuncmd && matches!(plan.os, OsChoice::Fixed(_)));
     if packages_here {
         packages(&mut s, plan);
+    } else if plan.packages {
+        // cloud-init's packages module installed docker; dnf does not
+        // enable what it installs (apt does).
+        s.push_str("\n# Jobs expect a running docker (cloud-init installed it).\nsystemctl enable --now --no-block docker.service\n");
     }
     if let Some(user) = &plan.runner_user {
         runner_user(&mut s, plan, user);
@@ -181,8 +196,19 @@ pub(crate) fn packages(s: &mut String, plan: &Plan) {
     local p
     for p in "$@"; do
         case "$os" in
-            al2023) rpm -q "$p" >/dev/null 2>&1 || printf '%s\n' "$p" ;;
+            al2023) rpm -q --whatprovides "$p" >/dev/null 2>&1 || printf '%s\n' "$p" ;;
             *) dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s\n' "$p" ;;
+        esac
+    done
+}
+# An image with Docker's own packages (docker-ce) has docker already: its
+# docker.io would conflict with them.
+skip_docker() {
+    local p
+    for p in "$@"; do
+        case "$p" in
+            docker | docker.io) command -v docker >/dev/null || printf '%s\n' "$p" ;;
+            *) printf '%s\n' "$p" ;;
         esac
     done
 }
@@ -200,7 +226,8 @@ pub(crate) fn packages(s: &mut String, plan: &Plan) {
         r#"if [ "${{{SKIP_PACKAGES_ENV}:-0}}" = 1 ]; then
     log "{SKIP_PACKAGES_ENV}=1: not installing ${{packages[*]}}"
 else
-    mapfile -t missing < <(missing_packages "${{packages[@]}}")
+    mapfile -t wanted < <(skip_docker "${{packages[@]}}")
+    mapfile -t missing < <(missing_packages "${{wanted[@]}}")
     if [ ${{#missing[@]}} -eq 0 ]; then
         log "packages already installed"
     else
@@ -222,16 +249,19 @@ else
     if !dnf.is_empty() {
         let _ = writeln!(
             s,
-            "            {}) dnf install -y -q --setopt=install_weak_deps=False \"${{missing[@]}}\" ;;",
+            // --allowerasing: `curl` or `gnupg2` replace the preinstalled
+            // -minimal packages instead of failing on the conflict.
+            "            {}) dnf install -y -q --allowerasing --setopt=install_weak_deps=False \"${{missing[@]}}\" ;;",
             dnf.join(" | ")
         );
     }
     if !apt.is_empty() {
-        // Another apt (cloud-init's, unattended-upgrades) may hold the lock
-        // at boot: wait for it rather than fail.
+        // Another apt (cloud-init's, unattended-upgrades) may hold the locks
+        // at boot: DPkg::Lock::Timeout waits for dpkg's, but `update` fails
+        // at once on the lists lock, so it is retried.
         let _ = writeln!(
             s,
-            "            {})\n                export DEBIAN_FRONTEND=noninteractive\n                apt-get -o DPkg::Lock::Timeout=600 update -qq\n                apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \"${{missing[@]}}\"\n                ;;",
+            "            {})\n                export DEBIAN_FRONTEND=noninteractive\n                tries=0\n                until apt-get -o DPkg::Lock::Timeout=600 update -qq; do\n                    tries=$((tries + 1))\n                    [ \"$tries\" -lt 30 ] || fail \"apt-get update kept failing\"\n                    sleep 10\n                done\n                apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \"${{missing[@]}}\"\n                ;;",
             apt.join(" | ")
         );
     }
@@ -260,12 +290,22 @@ fi
         s.push_str("# Passwordless sudo, as on GitHub's hosted runners.\n");
         put_file(
             s,
-            "/etc/sudoers.d/90-runner-agent",
+            SUDOERS_PATH,
             "440",
             &format!("{user} ALL=(ALL) NOPASSWD:ALL"),
             "config_changed",
         );
+    } else {
+        remove_file(s, SUDOERS_PATH, "config_changed");
     }
+}
+
+/// `remove_file PATH`; sets `$var` to 1 when there was one.
+fn remove_file(s: &mut String, path: &str, var: &str) {
+    let _ = writeln!(
+        s,
+        "remove_file {path}\n[ \"$put_file_changed\" = 0 ] || {var}=1"
+    );
 }
 
 fn agent_binary(s: &mut String, plan: &Plan) {
@@ -276,23 +316,21 @@ fn agent_binary(s: &mut String, plan: &Plan) {
             s,
             r#"# The agent comes with the image (Packer recipe or package).
 [ -x "$agent" ] || fail "$agent is missing: this user data expects an image with runner-agent installed; render with [agent.download] to fetch it instead"
-log "using $("$agent" --version)"
+version=$("$agent" --version) || fail "$agent does not run on $(uname -m)"
+log "using $version at $agent"
 "#
         );
         return;
     }
     s.push_str("# The agent is downloaded, and used only if its SHA-256 matches.\ncase \"$(uname -m)\" in\n");
-    for (arch, Download { url, sha256 }) in &plan.downloads {
-        let proto = if url.starts_with("https://") {
-            "=https"
-        } else {
-            "=http"
-        };
+    for (arch, d) in &plan.downloads {
         let _ = writeln!(
             s,
-            "    {arch}) agent_url={}; agent_sha256={sha256}; agent_proto={} ;;",
-            quote(url),
-            quote(proto)
+            "    {arch}) agent_url={}; agent_sha256={}; agent_proto={}; agent_packed={} ;;",
+            quote(&d.url),
+            d.sha256,
+            d.proto(),
+            if d.is_tarball() { "tar" } else { "binary" }
         );
     }
     let _ =
@@ -310,19 +348,18 @@ else
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     log "downloading $agent_url"
-    curl --fail --silent --show-error --location --proto "$agent_proto" --proto-redir "$agent_proto" \
-        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 \
+    curl --fail --silent --show-error --location --proto "=$agent_proto" --proto-redir "=$agent_proto" \
+        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 --retry-all-errors \
         --output "$work/download" "$agent_url" || fail "downloading $agent_url"
     echo "$agent_sha256  $work/download" | sha256sum --check --quiet ||
         fail "$agent_url: SHA-256 $(sha256sum <"$work/download" | cut -d ' ' -f 1), expected $agent_sha256; not installed"
-    case "$agent_url" in
-        *.tar.gz | *.tgz)
-            tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
-                fail "$agent_url holds no */runner-agent"
-            new_agent=$work/runner-agent
-            ;;
-        *) new_agent=$work/download ;;
-    esac
+    if [ "$agent_packed" = tar ]; then
+        tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
+            fail "$agent_url holds no */runner-agent"
+        new_agent=$work/runner-agent
+    else
+        new_agent=$work/download
+    fi
     chmod 0755 "$new_agent"
     "$new_agent" --version >/dev/null || fail "the downloaded agent does not run on $(uname -m)"
     mkdir -p "${agent%/*}" /var/lib/runner-userdata
@@ -369,51 +406,49 @@ fn unit(s: &mut String, plan: &Plan) {
     );
     let _ = writeln!(
         s,
-        "if [ -z \"$unit_file\" ] || {{ [ \"$unit_file\" = {UNIT_PATH} ] && head -n 1 \"$unit_file\" | grep -qx {}; }}; then",
+        "if [ -z \"$unit_file\" ] || {{ [ \"$unit_file\" = {UNIT_PATH} ] && head -n 1 \"$unit_file\" | grep -qxF {}; }}; then",
         quote(UNIT_MARKER)
     );
-    let mut body = String::new();
     put_file(
-        &mut body,
+        s,
         UNIT_PATH,
         "644",
         &unit_text(&plan.agent_path, true),
         "unit_changed",
     );
-    s.push_str(&body);
-    s.push_str("elif ! grep -qx \"ExecStart=$agent run\" \"$unit_file\"; then\n");
-    let mut drop_in = String::new();
+    remove_file(s, UNIT_DROP_IN, "unit_changed");
+    s.push_str("elif grep -qxF \"ExecStart=$agent run\" \"$unit_file\"; then\n");
+    remove_file(s, UNIT_DROP_IN, "unit_changed");
+    s.push_str("else\n");
     put_file(
-        &mut drop_in,
+        s,
         UNIT_DROP_IN,
         "644",
-        &format!(
-            "# Written by runner-userdata: the agent is at {path}.\n[Service]\nExecStart=\nExecStart={path} run",
-            path = plan.agent_path
-        ),
+        &drop_in_text(&plan.agent_path),
         "unit_changed",
     );
-    s.push_str(&drop_in);
     s.push_str("fi\n");
 }
 
+/// Points a packaged or baked unit at an agent installed elsewhere.
+pub fn drop_in_text(agent_path: &str) -> String {
+    format!("[Service]\nExecStart=\nExecStart={agent_path} run\n")
+}
+
+/// `--no-block`: from cloud-init's final stage, waiting for the job could
+/// wait on cloud-init itself. `start` of a running (or still activating)
+/// unit does nothing; a change restarts it.
 const START: &str = r#"
 if [ "$unit_changed" = 1 ]; then
     systemctl daemon-reload
 fi
 systemctl enable runner-agent.service
-# --no-block: from cloud-init's final stage, waiting for the start job
-# could wait on cloud-init itself.
-if systemctl is-active --quiet runner-agent.service; then
-    if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
-        log "configuration changed: restarting runner-agent"
-        systemctl restart --no-block runner-agent.service
-    else
-        log "runner-agent is already running; nothing changed"
-    fi
+if [ "$config_changed$agent_changed$unit_changed" != 000 ]; then
+    systemctl restart --no-block runner-agent.service
+    log "runner-agent (re)started; follow it with: journalctl -u runner-agent -f"
 else
     systemctl start --no-block runner-agent.service
-    log "runner-agent started; follow it with: journalctl -u runner-agent -f"
+    log "nothing changed; runner-agent is started if it was not"
 fi
 "#;
 

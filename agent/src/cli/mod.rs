@@ -52,17 +52,23 @@ enum Command {
     Install,
 }
 
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+/// Parses the command line. `Err`: clap printed help or version (exit 0)
+/// or a usage error (exit 2), the contract of both binaries.
+pub fn parse_args<T: Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
         }
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli: Cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     crate::logging::init(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
