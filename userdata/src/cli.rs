@@ -42,8 +42,14 @@ struct RenderArgs {
     #[arg(long)]
     table: Option<String>,
     /// agent_config.github.url
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["owner", "repo"])]
     github_url: Option<String>,
+    /// agent_config.github.owner (github.com)
+    #[arg(long)]
+    owner: Option<String>,
+    /// agent_config.github.repo (github.com)
+    #[arg(long)]
+    repo: Option<String>,
     /// agent_config.runner.version
     #[arg(long)]
     runner_version: Option<String>,
@@ -108,6 +114,8 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         os: args.os,
         table: args.table,
         github_url: args.github_url,
+        github_owner: args.owner,
+        github_repo: args.repo,
         runner_version: args.runner_version,
         runner_sha256: args.runner_sha256,
         runner_user: args.runner_user,

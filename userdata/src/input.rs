@@ -112,6 +112,9 @@ pub struct Overrides {
     pub os: Option<String>,
     pub table: Option<String>,
     pub github_url: Option<String>,
+    /// github.com owner and repository (instead of a URL).
+    pub github_owner: Option<String>,
+    pub github_repo: Option<String>,
     pub runner_version: Option<String>,
     pub runner_sha256: Option<String>,
     pub runner_user: Option<String>,
@@ -300,9 +303,21 @@ impl Plan {
         // keys the generator owns.
         let mut config = raw.agent_config.unwrap_or_default();
         set(&mut config, None, "table", &overrides.table);
-        if let Some(url) = &overrides.github_url {
+        // A flag names the repository one way; the file's other way goes.
+        if overrides.github_url.is_some() {
             config.insert("github".into(), toml::Value::Table(toml::Table::new()));
-            set(&mut config, Some("github"), "url", &Some(url.clone()));
+            set(&mut config, Some("github"), "url", &overrides.github_url);
+        } else if overrides.github_owner.is_some() || overrides.github_repo.is_some() {
+            if let Some(toml::Value::Table(github)) = config.get_mut("github") {
+                github.remove("url");
+            }
+            set(
+                &mut config,
+                Some("github"),
+                "owner",
+                &overrides.github_owner,
+            );
+            set(&mut config, Some("github"), "repo", &overrides.github_repo);
         }
         set(
             &mut config,
@@ -597,6 +612,15 @@ version = "2.331.0"
         .unwrap();
         assert_eq!(settings.table, "t-pool");
         assert_eq!(settings.runner.version, "2.330.0");
+        // Owner and repo replace the file's URL.
+        let by_name = Overrides {
+            github_owner: Some("acme".into()),
+            github_repo: Some("gadgets".into()),
+            ..Default::default()
+        };
+        let plan = Plan::parse(Path::new("x"), MINIMAL, Path::new("."), &by_name).unwrap();
+        assert!(!plan.config_toml.contains("url ="), "{}", plan.config_toml);
+        assert!(plan.config_toml.contains("repo = \"gadgets\""));
     }
 
     #[test]
