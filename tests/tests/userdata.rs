@@ -415,3 +415,76 @@ fn cloud_config_carries_any_script_text_exactly() {
         assert_eq!(&back, text, "case {n}");
     }
 }
+
+/// The package names the script installs exist in this host's apt index,
+/// when the host is one of the apt families (CI runs on Debian 12). Other
+/// families' names are checked only by review: no AL2023 or Ubuntu index
+/// is reachable on loopback.
+#[test]
+fn package_names_resolve_in_the_hosts_apt_index() {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    let family = match (field("ID").as_str(), field("VERSION_ID").as_str()) {
+        ("debian", "12") => "debian-12",
+        ("ubuntu", "22.04") => "ubuntu-22.04",
+        ("ubuntu", "24.04") => "ubuntu-24.04",
+        other => {
+            eprintln!("host {other:?} is not an apt family the generator knows: nothing to check");
+            return;
+        }
+    };
+    // Names with a candidate version, from one `apt-cache policy` call
+    // (a block per known name: "name:" then "  Candidate: ...").
+    let with_candidate = |packages: &[&str]| -> Vec<String> {
+        let out = Command::new("apt-cache")
+            .arg("policy")
+            .args(packages)
+            .output()
+            .expect("apt-cache");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut found = Vec::new();
+        let mut current = None;
+        for line in text.lines() {
+            if !line.starts_with(' ') {
+                current = line.strip_suffix(':').map(str::to_owned);
+            } else if line.trim().starts_with("Candidate:") && !line.contains("(none)") {
+                found.extend(current.take());
+            }
+        }
+        found
+    };
+    let has_candidate = |package: &str| with_candidate(&[package]).len() == 1;
+    if !has_candidate("bash") {
+        eprintln!(
+            "no apt package index on this host (apt-get update has not run): nothing to check"
+        );
+        return;
+    }
+    let input = golden_dir().join("stock-ami.toml");
+    let script = String::from_utf8(rendered(&[
+        "render",
+        input.to_str().unwrap(),
+        "--os",
+        family,
+    ]))
+    .unwrap();
+    let prefix = format!("    {family}) packages=(");
+    let list = script
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|l| l.strip_suffix(") ;;"))
+        .unwrap_or_else(|| panic!("no package list for {family} in:\n{script}"));
+    let packages: Vec<&str> = list.split(' ').collect();
+    let found = with_candidate(&packages);
+    let missing: Vec<&&str> = packages
+        .iter()
+        .filter(|p| !found.iter().any(|f| f == *p))
+        .collect();
+    assert!(missing.is_empty(), "{family}: no such packages {missing:?}");
+}
