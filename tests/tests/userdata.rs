@@ -269,7 +269,7 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
         (
             base.replace("pre-runner.sh", "noise.sh"),
             &[],
-            "over EC2's user-data limit of 16384 bytes (try --gzip)",
+            "over EC2's user-data limit of 16384 bytes (try --gzip); `pre_runner_script` alone is 36003 bytes",
         ),
         (
             base.replace("pre-runner.sh", "eof.sh"),

@@ -26,11 +26,13 @@ pub const POOL_MANAGER_BUDGET: usize = USER_DATA_LIMIT - POOL_MANAGER_WRAPPER_SI
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("the {format} output is {size} bytes, over EC2's user-data limit of {USER_DATA_LIMIT} bytes{hint}")]
+    #[error("the {format} output is {size} bytes, over EC2's user-data limit of {USER_DATA_LIMIT} bytes{hint}{culprit}")]
     TooLarge {
         format: &'static str,
         size: usize,
         hint: &'static str,
+        /// The input that makes up most of it, when one does.
+        culprit: String,
     },
     #[error(
         "`{0}`: has a line `EOF`, which would end fleet-actions' here-document (cat <<'EOF') early"
@@ -92,6 +94,7 @@ pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
             } else {
                 " (try --gzip)"
             },
+            culprit: largest_input(plan),
         });
     }
     if plan.format == Format::PoolManager && bytes.len() > POOL_MANAGER_BUDGET {
@@ -101,6 +104,28 @@ pub fn render(plan: &Plan, gzip: bool) -> Result<Rendered, RenderError> {
         ));
     }
     Ok(Rendered { bytes, warnings })
+}
+
+/// Names the operator's input that takes most of the output, if one takes
+/// a third or more of the limit: what to shorten.
+fn largest_input(plan: &Plan) -> String {
+    let inputs = [
+        (
+            "pre_runner_script",
+            plan.pre_runner.as_deref().map_or(0, str::len),
+        ),
+        (
+            "mime_parts",
+            plan.mime_parts.iter().map(|p| p.body.len()).sum(),
+        ),
+        ("agent_config", plan.config_toml.len()),
+    ];
+    match inputs.iter().max_by_key(|(_, size)| *size) {
+        Some((field, size)) if *size >= USER_DATA_LIMIT / 3 => {
+            format!("; `{field}` alone is {size} bytes")
+        }
+        _ => String::new(),
+    }
 }
 
 /// gzip with no name and a zero timestamp, so the bytes depend on the
