@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runner-agent/config.toml";
+/// The unit's `StateDirectory=`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/runner-agent";
 pub const ENV_PREFIX: &str = "RUNNER_AGENT_";
 pub const DEFAULT_RELEASE_BASE_URL: &str = "https://github.com/actions/runner/releases/download";
 
@@ -313,7 +315,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigError> {
         "agent.state_dir",
         a.state_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("/var/lib/runner-agent")),
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
     )
     .map_err(|(k, e)| invalid(k, e))?;
     let pre_runner = match &a.pre_runner_script {
@@ -457,7 +459,8 @@ fn check_http_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_table_name(name: &str) -> bool {
+/// A DynamoDB table name: 3-255 of A-Z a-z 0-9 _ - .
+pub fn is_table_name(name: &str) -> bool {
     (3..=255).contains(&name.len())
         && name
             .bytes()

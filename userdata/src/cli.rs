@@ -154,11 +154,7 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
             (None, Some(path)) => Plan::load(Some(path), &Overrides::default())?.table,
             (None, None) => return Err(anyhow!("give --table or an input file")),
         };
-        if !table
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-            || !(3..=255).contains(&table.len())
-        {
+        if !runner_agent::config::is_table_name(&table) {
             return Err(anyhow!("--table: {table:?} is not a DynamoDB table name"));
         }
         policy::instance_role(&table, &scope)

@@ -356,7 +356,7 @@ impl Plan {
             std::iter::empty(),
         )
         .map_err(|e| invalid("agent_config", strip_config_prefix(&e.to_string())))?;
-        if settings.state_dir != Path::new("/var/lib/runner-agent") {
+        if settings.state_dir != Path::new(runner_agent::config::DEFAULT_STATE_DIR) {
             // The unit's StateDirectory= creates and owns only this one.
             return Err(invalid(
                 "agent_config.agent.state_dir",

@@ -47,12 +47,7 @@ pub fn render(plan: &Plan) -> String {
             "id -u {q} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {q}\n! getent group docker >/dev/null || usermod -aG docker {q}"
         );
         if plan.runner_user_sudo {
-            heredoc(
-                &mut s,
-                SUDOERS_PATH,
-                "440",
-                &format!("{user} ALL=(ALL) NOPASSWD:ALL"),
-            );
+            heredoc(&mut s, SUDOERS_PATH, "440", &shell::sudoers_line(user));
         }
     }
     let _ = writeln!(s, "a={}", quote(&plan.agent_path));

@@ -7,8 +7,7 @@ use crate::input::{Plan, PRE_RUNNER_PATH};
 use crate::os::{OsChoice, OsFamily, PackageManager};
 use std::fmt::Write;
 
-pub const CONFIG_PATH: &str = "/etc/runner-agent/config.toml";
-pub const UNIT_NAME: &str = "runner-agent.service";
+pub use runner_agent::config::DEFAULT_CONFIG_PATH as CONFIG_PATH;
 pub const UNIT_PATH: &str = "/etc/systemd/system/runner-agent.service";
 pub const SUDOERS_PATH: &str = "/etc/sudoers.d/90-runner-agent";
 pub const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
@@ -292,12 +291,17 @@ fi
             s,
             SUDOERS_PATH,
             "440",
-            &format!("{user} ALL=(ALL) NOPASSWD:ALL"),
+            &sudoers_line(user),
             "config_changed",
         );
     } else {
         remove_file(s, SUDOERS_PATH, "config_changed");
     }
+}
+
+/// Passwordless sudo for the runner's user, as on GitHub's hosted runners.
+pub fn sudoers_line(user: &str) -> String {
+    format!("{user} ALL=(ALL) NOPASSWD:ALL")
 }
 
 /// `remove_file PATH`; sets `$var` to 1 when there was one.
