@@ -28,10 +28,17 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
 fi
 export RA_MOTO_SERVER=$VENV/bin/moto_server
 
-# The shipped artifact: a static musl binary. AWS crates build with default
-# features off; a cold build takes ~11 min and ~8 GB RAM on 2 cores.
+# One build serves everything: the shipped static binaries, the demo and
+# bench drivers and the tests are all built with these flags and
+# `--workspace`, so cargo resolves one feature set and compiles the AWS
+# crates once (default features off; a cold build takes ~11 min and ~8 GB
+# RAM on 2 cores). A `-p` selection or another profile would resolve other
+# features or another profile and build them all again.
+CARGO_BUILD_FLAGS=(--release --locked --target "$MUSL_TARGET" --workspace)
+export RA_BIN_DIR=$CARGO_TARGET_DIR/$MUSL_TARGET/release
+# The static runner-agent and runner-userdata, and the stack's drivers.
 build_agent() {
-    cargo build --release --locked --target "$MUSL_TARGET" -p runner-agent -p runner-userdata
+    cargo build "${CARGO_BUILD_FLAGS[@]}" --bins
 }
 
 # Starts one moto server for the whole run and exports its endpoint; it
@@ -51,6 +58,12 @@ start_moto() {
     done
     echo "moto_server did not start; see $CARGO_TARGET_DIR/moto.log" >&2
     return 1
+}
+
+# The tests, on the same build (see CARGO_BUILD_FLAGS); arguments go to
+# cargo test.
+run_tests() {
+    cargo test "${CARGO_BUILD_FLAGS[@]}" "$@"
 }
 
 # The aarch64 (Graviton) static binary, cross-compiled with cargo-zigbuild:

@@ -1,29 +1,26 @@
-//! `runner-agent run`: boot (identity, AWS clients, background tasks,
-//! pre-runner script, runner install), then the lifecycle until stopped.
+//! `runner-agent run`: the wiring. Identity from IMDS, the AWS clients,
+//! the background tasks (heartbeat, expiry watchdog, spot notices, OS
+//! signals, systemd watchdog), then the state machine until it stops.
 
 use crate::config::Settings;
 use crate::expiry::{SelfTermination, Watchdog};
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
-use crate::lifecycle::{Events, Interrupt, Lifecycle, Timing};
-use crate::protocol::Signal;
-use crate::runner::install::{self, InstallOutcome};
+use crate::machine::world::LocalHost;
+use crate::machine::{Events, Interrupt, Machine, Setup, SystemClock, Timing, World};
 use crate::runner::user::RunnerUser;
 use crate::runner::RunnerControl;
-use crate::state::{BootOutcome, StateStore};
+use crate::state::{AgentState, StateStore};
 use crate::table::Table;
 use anyhow::Context;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// IMDS can lag the first seconds of boot; retry identity this long:
 /// every 1 s (the IMDS client itself retries 3 times per call).
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Download errors (not digest mismatches) are retried: 5 s, doubling, at
-/// most `INSTALL_ATTEMPTS` tries.
-const INSTALL_ATTEMPTS: u32 = 4;
-const INSTALL_RETRY_FIRST: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -106,7 +103,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(state) => state,
         Err(e) => {
             // A corrupt state file must not stop the agent: start afresh,
-            // and the lifecycle removes any registration left on disk.
+            // and the machine removes any registration left on disk.
             tracing::error!(error = %e, "ignoring unreadable state");
             Default::default()
         }
@@ -121,11 +118,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Everything after the instance is known, inside the `agent` span (so
-/// every log line carries `instance_id`).
+/// every log line carries `instance_id`): the background tasks, then the
+/// machine until it stops; the tasks are joined before returning.
 async fn run_instance(
     settings: Settings,
     store: StateStore,
-    mut state: crate::state::AgentState,
+    mut state: AgentState,
     user: Option<RunnerUser>,
     imds: Imds,
     id: Identity,
@@ -149,189 +147,105 @@ async fn run_instance(
         &settings.table,
         &id.instance_id,
     );
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // `shutdown`: SIGTERM/SIGINT, the machine's cue to leave. `stop`: the
+    // background tasks' end, after the machine's final steps (the
+    // heartbeat must go on while it deregisters); `heartbeat` ends earlier
+    // on a spot notice.
+    let shutdown = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let heartbeat_stop = stop.child_token();
     let (spot_tx, spot_rx) = watch::channel(None);
     let (obs_tx, obs_rx) = watch::channel(None);
-    tokio::spawn(forward_os_signals(shutdown_tx).in_current_span());
-    tokio::spawn(crate::notify::watchdog_loop());
-    let heartbeat = tokio::spawn(
+    let mut tasks = JoinSet::new();
+    tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone()).in_current_span());
+    tasks.spawn(crate::notify::watchdog_loop(stop.clone()));
+    tasks.spawn(
         crate::heartbeat::run(
             table.clone(),
             settings.timing.heartbeat_interval,
-            stop_rx.clone(),
+            heartbeat_stop.clone(),
         )
         .in_current_span(),
     );
     let watchdog = Watchdog {
-        table: table.clone(),
+        pool: table.clone(),
         terminator: SelfTermination {
             imds: imds.clone(),
-            ec2,
+            ec2: aws_sdk_ec2::Client::new(&sdk),
             instance_id: id.instance_id.clone(),
         },
+        clock: SystemClock,
         interval: settings.timing.expiry_check_interval,
         grace: settings.timing.self_termination_grace,
         observations: obs_rx,
     };
-    tokio::spawn(watchdog.run(stop_rx.clone()).in_current_span());
-    tokio::spawn(
+    tasks.spawn(watchdog.run(stop.clone()).in_current_span());
+    tasks.spawn(
         crate::spot::watch_for_interruption(
-            imds.clone(),
+            imds,
             settings.timing.spot_poll_interval,
             spot_tx,
-            stop_rx.clone(),
+            stop.clone(),
         )
         .in_current_span(),
     );
     crate::notify::ready("booting");
 
-    let control = RunnerControl::new(&settings, user.clone());
-    let events = Events {
-        shutdown: shutdown_rx,
-        spot: spot_rx,
-    };
-    let timing = Timing {
-        idle_poll: settings.timing.idle_poll_interval,
-        claimed_poll: settings.timing.claimed_poll_interval,
-        job_poll: settings.timing.job_poll_interval,
-    };
-    let mut lifecycle = Lifecycle::new(
-        id.instance_id.clone(),
-        table.clone(),
-        control,
+    let events = Events::new(shutdown, spot_rx);
+    let setup = Setup {
+        instance_id: id.instance_id.clone(),
+        initial_run_id: id.initial_run_id.clone(),
+        timing: Timing {
+            idle_poll: settings.timing.idle_poll_interval,
+            claimed_poll: settings.timing.claimed_poll_interval,
+            job_poll: settings.timing.job_poll_interval,
+        },
         store,
-        state,
-        events.clone(),
-        obs_tx,
-        timing,
-        Ok(()),
-    );
-
-    if let Err(interrupt) = boot(&settings, &id, &mut lifecycle, &events).await {
-        tracing::info!(?interrupt, "stopped during boot");
-        crate::notify::stopping();
-        let _ = stop_tx.send(true);
-        return Ok(());
-    }
-
-    let interrupt = if lifecycle.state.boot == Some(BootOutcome::Failed) {
-        // The control plane fails this instance on UD_FAILED; keep only the
-        // expiry watchdog running until the instance goes away.
-        lifecycle.set_phase("failed");
-        heartbeat.abort();
-        events.wait().await
-    } else {
-        lifecycle.set_phase("installing");
-        lifecycle.runner_ready = install_runner(&settings, user.as_ref(), &events).await;
-        if lifecycle.runner_ready.is_ok() {
-            if let Err(e) = lifecycle.control.write_hooks() {
-                tracing::error!(error = %e, "job hooks: polling will not slow down during jobs");
-            }
-        }
-        lifecycle.run().await
+        events: events.clone(),
+        observations: obs_tx,
+        heartbeat: heartbeat_stop,
     };
-    if interrupt == Interrupt::Spot {
-        // The instance goes away within two minutes; stop the heartbeat so
-        // the control plane stops counting on it, and wait to be stopped.
-        heartbeat.abort();
-        let mut shutdown = events.shutdown.clone();
-        let _ = shutdown.wait_for(|s| *s).await;
+    let host = LocalHost {
+        control: RunnerControl::new(&settings, user.clone()),
+        settings,
+        user,
+    };
+    let world = World {
+        pool: table,
+        host,
+        clock: SystemClock,
+    };
+    let machine = Machine::new(world, setup, state);
+    if machine.run().await == Interrupt::Spot {
+        // The instance goes away within two minutes: wait to be stopped.
+        events.shutdown().await;
     }
     crate::notify::stopping();
-    let _ = stop_tx.send(true);
+    stop.cancel();
+    join_all(tasks).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Runs the pre-runner script once per instance and writes `UD_OK` or
-/// `UD_FAILED` for the initial run. The outcome is saved before the signal
-/// is written, so a restart does not run the script again but still writes
-/// a signal that never made it (the boot signal is the first the agent
-/// writes, so "no signal yet" means it is owed).
-async fn boot(
-    settings: &Settings,
-    id: &Identity,
-    lifecycle: &mut Lifecycle,
-    events: &Events,
-) -> Result<(), Interrupt> {
-    if lifecycle.state.boot.is_none() {
-        lifecycle.set_phase("pre-runner");
-        let outcome = match &settings.pre_runner {
-            None => Ok(()),
-            Some(pre) => tokio::select! {
-                r = crate::prerunner::run(&pre.script, pre.timeout) => r,
-                i = events.wait() => return Err(i),
-            },
-        };
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "pre-runner script failed");
+/// Background tasks end within this of `stop`; one still running then (a
+/// DynamoDB call inside its own timeout) is abandoned.
+const TASK_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn join_all(mut tasks: JoinSet<()>) {
+    let joined = tokio::time::timeout(TASK_JOIN_TIMEOUT, async {
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "background task failed");
+            }
         }
-        lifecycle.state.boot = Some(if outcome.is_ok() {
-            BootOutcome::Ok
-        } else {
-            BootOutcome::Failed
-        });
-        lifecycle.set_phase("booted");
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(left = tasks.len(), "background tasks still running at exit");
     }
-    if lifecycle.state.last_signal.is_none() {
-        let signal = match lifecycle.state.boot {
-            Some(BootOutcome::Failed) => Signal::Failed,
-            _ => Signal::Ok,
-        };
-        match &id.initial_run_id {
-            Some(run_id) => lifecycle.signal(signal, run_id).await?,
-            None => tracing::error!(
-                signal = %signal,
-                "instance has no {TAG_INITIAL_RUN_ID} tag: cannot write the boot signal"
-            ),
-        }
-    }
-    Ok(())
 }
 
-async fn install_runner(
-    settings: &Settings,
-    user: Option<&RunnerUser>,
-    events: &Events,
-) -> Result<(), Arc<str>> {
-    let mut delay = INSTALL_RETRY_FIRST;
-    for attempt in 1..=INSTALL_ATTEMPTS {
-        let result = tokio::select! {
-            r = install::ensure_installed(&settings.runner, user) => r,
-            _ = events.wait() => return Err("stopped during install".into()),
-        };
-        match result {
-            Ok(InstallOutcome::AlreadyPresent) => {
-                tracing::info!(version = %settings.runner.version, dir = %settings.runner.install_dir.display(), "runner already installed");
-                return Ok(());
-            }
-            Ok(InstallOutcome::Installed { sha256 }) => {
-                tracing::info!(version = %settings.runner.version, sha256 = %sha256, "runner installed");
-                return Ok(());
-            }
-            Err(e @ install::InstallError::Download { .. })
-            | Err(e @ install::InstallError::ReleaseApi { .. })
-                if attempt < INSTALL_ATTEMPTS =>
-            {
-                tracing::warn!(error = %e, attempt, "runner download failed; retrying");
-                if events.sleep(delay).await.is_err() {
-                    return Err("stopped during install".into());
-                }
-                delay *= 2;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "runner install failed; claims will be answered with UD_REG_FAILED");
-                return Err(e.to_string().into());
-            }
-        }
-    }
-    unreachable!("the last attempt returns")
-}
-
-async fn forward_os_signals(shutdown: watch::Sender<bool>) {
+async fn forward_os_signals(shutdown: CancellationToken, stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -343,6 +257,7 @@ async fn forward_os_signals(shutdown: watch::Sender<bool>) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = stop.cancelled() => return,
     }
-    let _ = shutdown.send(true);
+    shutdown.cancel();
 }

@@ -4,13 +4,15 @@
 //! cannot be read (tag, threshold, record) is a reason *not* to terminate.
 
 use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION};
+use crate::machine::{Clock, Pool};
 use crate::protocol::{judge_expiry, Expiry, InstanceRecord};
-use crate::table::Table;
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::Filter;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The newest read of the instance record made by the lifecycle loop; the
 /// watchdog reuses it instead of paying for reads of its own.
@@ -30,6 +32,23 @@ pub struct SelfTermination {
 pub enum Permission {
     Allowed,
     Denied(String),
+}
+
+/// Asking for, and carrying out, this instance's termination.
+pub trait Terminator: Send + Sync + 'static {
+    /// Whether the instance may terminate itself, read now.
+    fn permission(&self) -> impl Future<Output = Permission> + Send;
+    fn terminate(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Terminator for SelfTermination {
+    async fn permission(&self) -> Permission {
+        SelfTermination::permission(self).await
+    }
+
+    async fn terminate(&self) -> Result<(), String> {
+        SelfTermination::terminate(self).await
+    }
 }
 
 impl SelfTermination {
@@ -101,21 +120,22 @@ impl SelfTermination {
     }
 }
 
-pub struct Watchdog {
-    pub table: Table,
-    pub terminator: SelfTermination,
+pub struct Watchdog<P, T, C> {
+    pub pool: P,
+    pub terminator: T,
+    pub clock: C,
     pub interval: Duration,
     pub grace: Duration,
     pub observations: watch::Receiver<Option<Observation>>,
 }
 
-impl Watchdog {
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut last_reason = String::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
             let reason = match self.check().await {
                 Ok(()) => {
@@ -146,7 +166,7 @@ impl Watchdog {
         let record = match fresh {
             Some(o) => o.record,
             None => self
-                .table
+                .pool
                 .read_instance(false)
                 .await
                 .map_err(|e| Some(format!("instance record unreadable: {e}")))?,
@@ -154,7 +174,7 @@ impl Watchdog {
         self.judge(record.as_ref())?;
         // Expired on a possibly stale read: confirm with a consistent one.
         let record = self
-            .table
+            .pool
             .read_instance(true)
             .await
             .map_err(|e| Some(format!("instance record unreadable: {e}")))?;
@@ -169,12 +189,132 @@ impl Watchdog {
         let Some(record) = record else {
             return Err(Some("no instance record in the table".into()));
         };
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.clock.now_utc();
         match judge_expiry(record.threshold.as_deref(), now, self.grace) {
             Expiry::Expired { .. } => Ok(()),
             Expiry::NotExpired { .. } => Err(None),
             Expiry::NoThreshold => Err(Some("the instance record has no threshold".into())),
             Expiry::Unparseable(raw) => Err(Some(format!("threshold {raw:?} is not a timestamp"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::fakes::{FakePool, TestClock};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Clone)]
+    struct FakeTerminator {
+        permission: Permission,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Terminator for FakeTerminator {
+        async fn permission(&self) -> Permission {
+            self.permission.clone()
+        }
+
+        async fn terminate(&self) -> Result<(), String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    const INTERVAL: Duration = Duration::from_secs(30);
+    const GRACE: Duration = Duration::from_secs(60);
+
+    /// Runs a watchdog for five minutes of virtual time over `pool`;
+    /// returns how often it called TerminateInstances.
+    async fn terminations(pool: &FakePool, clock: TestClock, permission: Permission) -> usize {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (_obs_tx, observations) = watch::channel(None);
+        let watchdog = Watchdog {
+            pool: pool.clone(),
+            terminator: FakeTerminator {
+                permission,
+                calls: calls.clone(),
+            },
+            clock,
+            interval: INTERVAL,
+            grace: GRACE,
+            observations,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watchdog.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        stop.cancel();
+        task.await.unwrap();
+        calls.load(Ordering::SeqCst)
+    }
+
+    fn pool_with_threshold(threshold: Option<String>) -> FakePool {
+        let pool = FakePool::new();
+        pool.claim("1");
+        pool.set_threshold(threshold.as_deref());
+        pool
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_past_the_grace_with_the_tag_terminates() {
+        let clock = TestClock::new();
+        let pool = pool_with_threshold(Some(clock.stamp(-120)));
+        assert!(terminations(&pool, clock, Permission::Allowed).await >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_without_the_tag_never_terminates() {
+        let clock = TestClock::new();
+        let pool = pool_with_threshold(Some(clock.stamp(-3600)));
+        let denied = Permission::Denied("instance has no AllowSelfTermination tag".into());
+        assert_eq!(terminations(&pool, clock, denied).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_the_grace_minute_nothing_happens_then_it_terminates() {
+        let clock = TestClock::new();
+        // Expired 30 s ago: the grace ends 30 s from now, inside the run.
+        let pool = pool_with_threshold(Some(clock.stamp(-30)));
+        assert!(terminations(&pool, clock, Permission::Allowed).await >= 1);
+        let clock = TestClock::new();
+        let pool = pool_with_threshold(Some(clock.stamp(3600)));
+        assert_eq!(terminations(&pool, clock, Permission::Allowed).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn garbage_missing_or_unreadable_thresholds_never_terminate() {
+        for threshold in [Some("soon".to_owned()), Some(String::new()), None] {
+            let clock = TestClock::new();
+            let pool = pool_with_threshold(threshold.clone());
+            assert_eq!(
+                terminations(&pool, clock, Permission::Allowed).await,
+                0,
+                "{threshold:?}"
+            );
+        }
+        let clock = TestClock::new();
+        let pool = pool_with_threshold(Some(clock.stamp(-3600)));
+        pool.fail_reads(true);
+        assert_eq!(terminations(&pool, clock, Permission::Allowed).await, 0);
+        let clock = TestClock::new();
+        assert_eq!(
+            terminations(&FakePool::new(), clock, Permission::Allowed).await,
+            0,
+            "no record"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_expired_read_is_confirmed_before_terminating() {
+        let clock = TestClock::new();
+        let pool = pool_with_threshold(Some(clock.stamp(3600)));
+        // Lagging reads show the expired threshold the control plane has
+        // since moved forward.
+        let mut stale = pool.lock().record.clone().unwrap();
+        stale.threshold = Some(clock.stamp(-3600));
+        pool.lock().stale = Some(Some(stale));
+        assert_eq!(terminations(&pool, clock, Permission::Allowed).await, 0);
     }
 }

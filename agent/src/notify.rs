@@ -51,13 +51,16 @@ fn watchdog_period() -> Option<Duration> {
 pub const PRIVATE_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Pings the systemd watchdog at half its period for as long as the
-/// runtime schedules tasks, if the unit has `WatchdogSec`.
-pub async fn watchdog_loop() {
+/// runtime schedules tasks, if the unit has `WatchdogSec`, until `stop`.
+pub async fn watchdog_loop(stop: tokio_util::sync::CancellationToken) {
     let Some(period) = watchdog_period() else {
         return;
     };
     loop {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -50,6 +50,45 @@ impl Signal {
     }
 }
 
+impl Signal {
+    const ALL: [Signal; 9] = [
+        Signal::Ok,
+        Signal::Failed,
+        Signal::RegOk,
+        Signal::RegFailed,
+        Signal::RemoveRegOk,
+        Signal::RemoveRegFailed,
+        Signal::RemoveRegRemoveRunOk,
+        Signal::RemoveRegRemoveRunFailed,
+        Signal::SpotInterrupted,
+    ];
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Signal, String> {
+        Signal::ALL
+            .into_iter()
+            .find(|signal| signal.as_str() == s)
+            .ok_or_else(|| format!("unknown signal {s:?}"))
+    }
+}
+
+// Stored under the wire names, so the state file reads like the table.
+impl serde::Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Signal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -190,6 +229,17 @@ pub fn judge_expiry(
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn signals_round_trip_by_wire_name() {
+        for signal in Signal::ALL {
+            assert_eq!(signal.as_str().parse::<Signal>(), Ok(signal));
+            let json = serde_json::to_string(&signal).unwrap();
+            assert_eq!(json, format!("\"{}\"", signal.as_str()));
+            assert_eq!(serde_json::from_str::<Signal>(&json).unwrap(), signal);
+        }
+        assert!("UD_NOPE".parse::<Signal>().is_err());
+    }
 
     #[test]
     fn timestamps_have_no_fraction_and_end_in_z() {

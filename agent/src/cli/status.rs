@@ -26,14 +26,10 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     println!("instance:     {}", or_dash(state.instance_id.as_deref()));
     println!(
         "phase:        {} (since {})",
-        or_dash(
-            Some(&state.phase)
-                .filter(|p| !p.is_empty())
-                .map(String::as_str)
-        ),
+        state.phase.name(),
         or_dash(Some(state.phase_since.as_str()).filter(|s| !s.is_empty()))
     );
-    match &state.registration {
+    match &state.registration() {
         Some(r) => println!("registration: {} for run {}", r.runner_name, r.run_id),
         None => println!("registration: none"),
     }

@@ -1,0 +1,192 @@
+//! The lifecycle as a state machine: boot, install, then for ever
+//! idle → registering → serving → releasing → idle, until shutdown or a
+//! spot notice. Each state has one short async function that returns the
+//! next state (`claim.rs`, `serve.rs`, `release.rs`); this file drives them
+//! and owns what every state shares: the persisted state, signals,
+//! observations for the expiry watchdog.
+//!
+//! The machine sees the world only through the traits in `world.rs`, so
+//! every transition runs in-process against fakes with tokio's clock
+//! paused (`tests/`).
+
+mod boot;
+mod claim;
+pub mod events;
+mod release;
+mod serve;
+mod signal;
+pub mod world;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use crate::expiry::Observation;
+use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
+use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
+pub use events::{Events, Interrupt};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+pub use world::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess, SystemClock};
+
+/// How often the table is read in each state.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub idle_poll: Duration,
+    pub claimed_poll: Duration,
+    pub job_poll: Duration,
+}
+
+/// The parts of the world the machine talks to.
+pub struct World<P, H, C> {
+    pub pool: P,
+    pub host: H,
+    pub clock: C,
+}
+
+/// What the machine is told at start and does not change.
+pub struct Setup {
+    pub instance_id: String,
+    /// The `InitialRunId` tag: the run the boot signal is for.
+    pub initial_run_id: Option<String>,
+    pub timing: Timing,
+    pub store: StateStore,
+    pub events: Events,
+    /// The newest read of the instance record, for the expiry watchdog.
+    pub observations: watch::Sender<Option<Observation>>,
+    /// Stops the heartbeat: once the control plane should stop counting on
+    /// this instance (after `UD_FAILED`, after a spot notice).
+    pub heartbeat: CancellationToken,
+}
+
+/// Repeated read errors are logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Machine<P, H: RunnerHost, C> {
+    world: World<P, H, C>,
+    setup: Setup,
+    state: AgentState,
+    /// The `run.sh` we supervise, while serving.
+    runner: Option<H::Runner>,
+    /// `Err` when the runner could not be installed: claims are answered
+    /// with `UD_REG_FAILED` and nothing runs.
+    runner_ready: Result<(), Arc<str>>,
+    /// The token read with the claim, for the registration that follows.
+    claim_token: Option<RegistrationToken>,
+    /// The run released last, and when: eventually consistent reads may
+    /// still show its id for a moment, and such reads are not a new claim.
+    released: Option<(String, Instant)>,
+    last_error_log: Option<Instant>,
+}
+
+impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
+    pub fn new(world: World<P, H, C>, setup: Setup, state: AgentState) -> Self {
+        Machine {
+            world,
+            setup,
+            state,
+            runner: None,
+            runner_ready: Ok(()),
+            claim_token: None,
+            released: None,
+            last_error_log: None,
+        }
+    }
+
+    /// Runs until shutdown or a spot notice, does what leaving requires,
+    /// and returns which it was.
+    pub async fn run(mut self) -> Interrupt {
+        let Err(interrupt) = self.drive().await;
+        self.finish(interrupt).await;
+        if interrupt == Interrupt::Spot {
+            // The instance goes away within two minutes.
+            self.setup.heartbeat.cancel();
+        }
+        interrupt
+    }
+
+    async fn drive(&mut self) -> Result<Infallible, Interrupt> {
+        self.boot().await?;
+        if self.state.boot == Some(BootOutcome::Failed) {
+            // The control plane fails this instance on UD_FAILED; only the
+            // expiry watchdog has work left until the instance goes away.
+            self.enter(Phase::BootFailed);
+            self.setup.heartbeat.cancel();
+            return Err(self.setup.events.wait().await);
+        }
+        self.install().await?;
+        let next = self.resume().await?;
+        self.enter(next);
+        loop {
+            let next = match self.state.phase.clone() {
+                Phase::Idle => self.wait_for_claim().await?,
+                Phase::Registering { run_id, .. } => self.register(&run_id).await?,
+                Phase::Serving { registration } => self.serve(&registration.run_id).await?,
+                Phase::Releasing {
+                    registration,
+                    signal,
+                } => self.release(registration, signal).await?,
+                other => {
+                    tracing::error!(phase = other.name(), "no transition from this state");
+                    Phase::Idle
+                }
+            };
+            self.enter(next);
+        }
+    }
+
+    /// Moves to `phase` and persists it (also when only its data changed).
+    fn enter(&mut self, phase: Phase) {
+        if self.state.phase.name() != phase.name() {
+            self.state.phase_since = self.timestamp();
+            crate::notify::status(phase.name());
+            tracing::debug!(phase = phase.name(), "state");
+        }
+        self.state.phase = phase;
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.setup.store.save(&self.state) {
+            tracing::error!(error = %e, "saving state");
+        }
+    }
+
+    fn timestamp(&self) -> String {
+        format_timestamp(self.world.clock.now_utc())
+    }
+
+    fn log_read_error(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+        {
+            tracing::warn!(error = %error, "{what}; retrying");
+            self.last_error_log = Some(Instant::now());
+        }
+    }
+
+    fn observe(&self, record: &Option<InstanceRecord>) {
+        self.setup.observations.send_replace(Some(Observation {
+            at: Instant::now(),
+            record: record.clone(),
+        }));
+    }
+
+    fn record_signal(&mut self, signal: Signal, run_id: &str) {
+        self.state.last_signal = Some(LastSignal {
+            signal,
+            run_id: run_id.to_owned(),
+            at: self.timestamp(),
+        });
+        self.save();
+    }
+
+    /// The state as persisted, for tests and `status`.
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+}

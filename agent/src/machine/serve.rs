@@ -1,0 +1,148 @@
+//! Serving: the runner runs (and is restarted if it exits) while the claim
+//! holds; a confirmed release moves to releasing.
+
+use super::{Clock, Interrupt, Machine, Pool, RunnerHost, RunnerProcess};
+use crate::protocol::Signal;
+use crate::state::Phase;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Runner restarts while a claim holds: 1 s, doubling, at most 30 s; a
+/// runner that ran for `RUNNER_HEALTHY_AFTER` resets the schedule.
+const RUNNER_RESTART_FIRST: Duration = Duration::from_secs(1);
+const RUNNER_RESTART_CAP: Duration = Duration::from_secs(30);
+const RUNNER_HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// While checking the job marker between DynamoDB reads.
+const MARKER_POLL: Duration = Duration::from_millis(250);
+
+/// When the runner may be (re)started, and how long the next wait is.
+struct Restarts {
+    delay: Duration,
+    not_before: Instant,
+    started: Instant,
+}
+
+impl Restarts {
+    fn new() -> Restarts {
+        Restarts {
+            delay: RUNNER_RESTART_FIRST,
+            not_before: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Schedules the next start after a failure or an exit.
+    fn back_off(&mut self) -> Duration {
+        let wait = self.delay;
+        self.not_before = Instant::now() + wait;
+        self.delay = (self.delay * 2).min(RUNNER_RESTART_CAP);
+        wait
+    }
+}
+
+impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
+    /// Keeps the runner running while the claim on `run_id` holds. While a
+    /// job runs (the runner's job hooks say so) the table is read once per
+    /// job poll, otherwise once per claimed poll; the marker is checked
+    /// every `MARKER_POLL`, so the end of a job brings the next read
+    /// forward at once.
+    pub(super) async fn serve(&mut self, run_id: &str) -> Result<Phase, Interrupt> {
+        let events = self.setup.events.clone();
+        let mut restarts = Restarts::new();
+        let mut last_read = Instant::now();
+        let mut job_was_active = false;
+        loop {
+            if self.runner.is_none() && Instant::now() >= restarts.not_before {
+                self.start_runner(&mut restarts);
+            }
+            let job_active = self.world.host.job_active();
+            if job_active != job_was_active {
+                tracing::info!(run_id, job_active, "job hook");
+                job_was_active = job_active;
+            }
+            let interval = match job_active {
+                true => self.setup.timing.job_poll,
+                false => self.setup.timing.claimed_poll,
+            };
+            let due = last_read + interval;
+            let wake = due.min(Instant::now() + MARKER_POLL);
+            let runner = &mut self.runner;
+            let exited = events
+                .guard(async {
+                    tokio::select! {
+                        status = async { match runner { Some(r) => r.exited().await, None => std::future::pending().await } } => Some(status),
+                        _ = tokio::time::sleep_until(wake) => None,
+                    }
+                })
+                .await?;
+            if let Some(status) = exited {
+                self.runner = None;
+                self.world.host.clear_job_marker();
+                if restarts.started.elapsed() >= RUNNER_HEALTHY_AFTER {
+                    restarts.delay = RUNNER_RESTART_FIRST;
+                }
+                let wait = restarts.back_off();
+                tracing::warn!(status = ?status, restart_in_s = wait.as_secs(), "runner exited while claimed; restarting");
+                continue;
+            }
+            if Instant::now() < due {
+                continue;
+            }
+            last_read = Instant::now();
+            if self.released_from(run_id).await {
+                tracing::info!(run_id, "released");
+                return Ok(self.releasing(Signal::RemoveRegRemoveRunOk));
+            }
+        }
+    }
+
+    fn start_runner(&mut self, restarts: &mut Restarts) {
+        match self.world.host.start() {
+            Ok(runner) => {
+                let pgid = runner.pgid();
+                self.runner = Some(runner);
+                restarts.started = Instant::now();
+                if let Phase::Serving { mut registration } = self.state.phase.clone() {
+                    registration.runner_pgid = Some(pgid);
+                    self.enter(Phase::Serving { registration });
+                }
+            }
+            Err(e) => {
+                // Keep polling for the release meanwhile.
+                let wait = restarts.back_off();
+                tracing::error!(error = %e, retry_in_s = wait.as_secs(), "starting the runner");
+            }
+        }
+    }
+
+    /// Whether the instance record no longer names `run_id`: an eventually
+    /// consistent read first, confirmed by a strongly consistent one.
+    async fn released_from(&mut self, run_id: &str) -> bool {
+        for consistent in [false, true] {
+            match self.world.pool.read_instance(consistent).await {
+                Ok(record) => {
+                    self.observe(&record);
+                    if record.and_then(|r| r.run_id).as_deref() == Some(run_id) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.log_read_error("polling the instance record", &e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The releasing state for the registration held now.
+    pub(super) fn releasing(&self, signal: Signal) -> Phase {
+        match self.state.phase.registration() {
+            Some(registration) => Phase::Releasing {
+                registration,
+                signal,
+            },
+            None => Phase::Idle,
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! In-memory fakes of the machine's world, with knobs for faults. Time is
+//! tokio's (paused in the tests); the wall clock follows it.
+
+use crate::machine::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess};
+use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
+use crate::runner::{RemoveOutcome, RunnerError};
+use crate::table::TableError;
+use std::collections::{HashSet, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+fn table_error(operation: &'static str) -> TableError {
+    TableError {
+        operation,
+        table: "fake".into(),
+        message: "injected fault".into(),
+    }
+}
+
+/// A wall clock that starts at the real time and then moves with tokio's
+/// (paused) clock.
+#[derive(Clone)]
+pub struct TestClock {
+    base: OffsetDateTime,
+    start: Instant,
+}
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock {
+            base: OffsetDateTime::now_utc(),
+            start: Instant::now(),
+        }
+    }
+
+    /// `seconds` from now, as the control plane writes timestamps.
+    pub fn stamp(&self, seconds: i64) -> String {
+        format_timestamp(self.now_utc() + time::Duration::seconds(seconds))
+    }
+}
+
+impl Clock for TestClock {
+    fn now_utc(&self) -> OffsetDateTime {
+        self.base + self.start.elapsed()
+    }
+}
+
+#[derive(Default)]
+pub struct PoolState {
+    pub record: Option<InstanceRecord>,
+    /// What eventually consistent reads see instead of `record`, if set.
+    pub stale: Option<Option<InstanceRecord>>,
+    pub token: Option<RegistrationToken>,
+    /// Signals as stored, in order.
+    pub signals: Vec<(Signal, String)>,
+    pub heartbeats: usize,
+    pub fail_reads: bool,
+    pub fail_writes: bool,
+    pub reads: usize,
+    pub consistent_reads: usize,
+}
+
+/// The pool's table.
+#[derive(Clone, Default)]
+pub struct FakePool(Arc<Mutex<PoolState>>);
+
+impl FakePool {
+    pub fn new() -> FakePool {
+        FakePool::default()
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.0.lock().unwrap()
+    }
+
+    /// The control plane claims (or creates) the instance for `run_id`.
+    pub fn claim(&self, run_id: &str) {
+        let mut s = self.lock();
+        let record = s.record.get_or_insert_with(Default::default);
+        record.run_id = Some(run_id.to_owned());
+        record.state = Some("claimed".into());
+    }
+
+    pub fn release(&self) {
+        let mut s = self.lock();
+        let record = s.record.get_or_insert_with(Default::default);
+        record.run_id = None;
+        record.state = Some("idle".into());
+    }
+
+    pub fn set_threshold(&self, threshold: Option<&str>) {
+        let mut s = self.lock();
+        let record = s.record.get_or_insert_with(Default::default);
+        record.threshold = threshold.map(Into::into);
+    }
+
+    pub fn set_token(&self, token: Option<RegistrationToken>) {
+        self.lock().token = token;
+    }
+
+    pub fn fail_reads(&self, fail: bool) {
+        self.lock().fail_reads = fail;
+    }
+
+    pub fn fail_writes(&self, fail: bool) {
+        self.lock().fail_writes = fail;
+    }
+
+    pub fn signals(&self) -> Vec<(Signal, String)> {
+        self.lock().signals.clone()
+    }
+
+    pub fn count(&self, signal: Signal, run_id: &str) -> usize {
+        let s = self.lock();
+        s.signals
+            .iter()
+            .filter(|(sig, r)| *sig == signal && r == run_id)
+            .count()
+    }
+
+    pub fn heartbeats(&self) -> usize {
+        self.lock().heartbeats
+    }
+
+    pub fn reads(&self) -> usize {
+        self.lock().reads
+    }
+}
+
+impl Pool for FakePool {
+    async fn read_instance(&self, consistent: bool) -> Result<Option<InstanceRecord>, TableError> {
+        let mut s = self.lock();
+        s.reads += 1;
+        if consistent {
+            s.consistent_reads += 1;
+        }
+        if s.fail_reads {
+            return Err(table_error("GetItem(instance)"));
+        }
+        match (&s.stale, consistent) {
+            (Some(stale), false) => Ok(stale.clone()),
+            _ => Ok(s.record.clone()),
+        }
+    }
+
+    async fn read_claim_and_token(
+        &self,
+    ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
+        let mut s = self.lock();
+        s.reads += 1;
+        s.consistent_reads += 1;
+        if s.fail_reads {
+            return Err(table_error("BatchGetItem"));
+        }
+        Ok((s.record.clone(), s.token.clone()))
+    }
+
+    async fn read_token(&self) -> Result<Option<RegistrationToken>, TableError> {
+        let s = self.lock();
+        if s.fail_reads {
+            return Err(table_error("GetItem(registration token)"));
+        }
+        Ok(s.token.clone())
+    }
+
+    async fn put_signal(&self, signal: Signal, run_id: &str) -> Result<(), TableError> {
+        let mut s = self.lock();
+        if s.fail_writes {
+            return Err(table_error("PutItem(worker signal)"));
+        }
+        s.signals.push((signal, run_id.to_owned()));
+        Ok(())
+    }
+
+    async fn put_heartbeat(&self) -> Result<(), TableError> {
+        let mut s = self.lock();
+        if s.fail_writes {
+            return Err(table_error("PutItem(heartbeat)"));
+        }
+        s.heartbeats += 1;
+        Ok(())
+    }
+}
+
+/// A token valid for an hour from `clock`'s now.
+pub fn token(clock: &TestClock, text: &str) -> RegistrationToken {
+    RegistrationToken {
+        token: text.into(),
+        expires_at: Some(clock.stamp(3600)),
+        timestamp: Some(clock.stamp(0)),
+    }
+}
+
+pub fn failed(what: &'static str, code: i32) -> RunnerError {
+    RunnerError::Failed {
+        what,
+        status: ExitStatus::from_raw(code << 8),
+    }
+}
+
+#[derive(Default)]
+pub struct HostState {
+    pub pre_runner: Option<Result<(), String>>,
+    pub pre_runner_runs: usize,
+    pub pre_runner_delay: Duration,
+    pub installs: VecDeque<Result<(), InstallFailure>>,
+    pub install_calls: usize,
+    pub configured: bool,
+    /// Outcomes of the next config.sh runs; empty: success.
+    pub configure_results: VecDeque<Result<(), RunnerError>>,
+    pub configure_delay: Duration,
+    /// (runner name, run id, token) per config.sh run.
+    pub configures: Vec<(String, String, String)>,
+    /// The token each `config.sh remove` got.
+    pub removes: Vec<Option<String>>,
+    pub start_failures: usize,
+    pub starts: usize,
+    pub next_pgid: i32,
+    /// Process groups an earlier agent left running.
+    pub alive: HashSet<i32>,
+    pub adopted: Vec<i32>,
+    pub stops: Vec<i32>,
+    pub stray_sweeps: usize,
+    pub job_active: bool,
+    pub hooks_written: bool,
+    /// Exit senders of the runners started, by pgid.
+    pub exits: Vec<(i32, watch::Sender<Option<i32>>)>,
+}
+
+/// The runner host: config.sh, run.sh and the pre-runner script, faked.
+#[derive(Clone)]
+pub struct FakeHost(Arc<Mutex<HostState>>);
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        FakeHost(Arc::new(Mutex::new(HostState {
+            next_pgid: 1000,
+            ..Default::default()
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, HostState> {
+        self.0.lock().unwrap()
+    }
+
+    /// The newest runner exits with `code`.
+    pub fn runner_exits(&self, code: i32) {
+        let s = self.lock();
+        let (_, exit) = s.exits.last().expect("a runner was started");
+        exit.send_replace(Some(code));
+    }
+
+    /// Process groups started and not stopped.
+    pub fn running(&self) -> Vec<i32> {
+        let s = self.lock();
+        s.exits
+            .iter()
+            .filter(|(pgid, exit)| !s.stops.contains(pgid) && exit.borrow().is_none())
+            .map(|(pgid, _)| *pgid)
+            .collect()
+    }
+
+    fn runner(&self, pgid: i32) -> FakeRunner {
+        let (tx, rx) = watch::channel(None);
+        self.lock().exits.push((pgid, tx));
+        FakeRunner {
+            pgid,
+            exit: rx,
+            host: self.clone(),
+        }
+    }
+}
+
+impl RunnerHost for FakeHost {
+    type Runner = FakeRunner;
+
+    async fn pre_runner(&self) -> Result<(), String> {
+        let (delay, outcome) = {
+            let mut s = self.lock();
+            s.pre_runner_runs += 1;
+            (s.pre_runner_delay, s.pre_runner.clone().unwrap_or(Ok(())))
+        };
+        tokio::time::sleep(delay).await;
+        outcome
+    }
+
+    async fn install(&self) -> Result<(), InstallFailure> {
+        let mut s = self.lock();
+        s.install_calls += 1;
+        s.installs.pop_front().unwrap_or(Ok(()))
+    }
+
+    fn write_hooks(&self) -> Result<(), RunnerError> {
+        self.lock().hooks_written = true;
+        Ok(())
+    }
+
+    fn is_configured(&self) -> bool {
+        self.lock().configured
+    }
+
+    fn job_active(&self) -> bool {
+        self.lock().job_active
+    }
+
+    fn clear_job_marker(&self) {
+        self.lock().job_active = false;
+    }
+
+    async fn configure(&self, token: &str, name: &str, run_id: &str) -> Result<(), RunnerError> {
+        let delay = {
+            let mut s = self.lock();
+            s.configures
+                .push((name.to_owned(), run_id.to_owned(), token.to_owned()));
+            s.configure_delay
+        };
+        tokio::time::sleep(delay).await;
+        let mut s = self.lock();
+        let result = s.configure_results.pop_front().unwrap_or(Ok(()));
+        s.configured = result.is_ok();
+        result
+    }
+
+    async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
+        let mut s = self.lock();
+        s.removes.push(token.map(Into::into));
+        s.configured = false;
+        Ok(RemoveOutcome::LocalOnly)
+    }
+
+    fn start(&self) -> Result<FakeRunner, RunnerError> {
+        let pgid = {
+            let mut s = self.lock();
+            s.starts += 1;
+            if s.start_failures > 0 {
+                s.start_failures -= 1;
+                return Err(failed("run.sh", 127));
+            }
+            s.next_pgid += 1;
+            s.next_pgid
+        };
+        Ok(self.runner(pgid))
+    }
+
+    fn adopt(&self, pgid: i32) -> Option<FakeRunner> {
+        if !self.lock().alive.remove(&pgid) {
+            return None;
+        }
+        self.lock().adopted.push(pgid);
+        Some(self.runner(pgid))
+    }
+
+    async fn stop_strays(&self) {
+        let mut s = self.lock();
+        s.stray_sweeps += 1;
+        s.alive.clear();
+    }
+}
+
+pub struct FakeRunner {
+    pgid: i32,
+    exit: watch::Receiver<Option<i32>>,
+    host: FakeHost,
+}
+
+impl RunnerProcess for FakeRunner {
+    fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
+    async fn exited(&mut self) -> Option<ExitStatus> {
+        let code = *self.exit.wait_for(Option::is_some).await.ok()?;
+        code.map(|c| ExitStatus::from_raw(c << 8))
+    }
+
+    async fn stop(self) {
+        self.host.lock().stops.push(self.pgid);
+    }
+}

@@ -1,0 +1,215 @@
+//! What the lifecycle needs from the world, as traits: the pool's table,
+//! the host the runner lives on, and the wall clock. The agent implements
+//! them with DynamoDB, `actions/runner` and the system clock (below); the
+//! in-process tests with fakes (`tests/fakes.rs`). Time for waits is
+//! tokio's, which the tests pause.
+
+use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
+use crate::runner::{RemoveOutcome, RunnerControl, RunnerError, RunningRunner};
+use crate::table::{Table, TableError};
+use std::future::Future;
+use std::process::ExitStatus;
+use time::OffsetDateTime;
+
+/// The pool's DynamoDB table, seen from one instance.
+pub trait Pool: Clone + Send + Sync + 'static {
+    /// The instance record; `Ok(None)` when the control plane has none.
+    fn read_instance(
+        &self,
+        consistent: bool,
+    ) -> impl Future<Output = Result<Option<InstanceRecord>, TableError>> + Send;
+    /// The instance record and the registration token, strongly consistent.
+    fn read_claim_and_token(
+        &self,
+    ) -> impl Future<Output = Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError>>
+           + Send;
+    fn read_token(
+        &self,
+    ) -> impl Future<Output = Result<Option<RegistrationToken>, TableError>> + Send;
+    fn put_signal(
+        &self,
+        signal: Signal,
+        run_id: &str,
+    ) -> impl Future<Output = Result<(), TableError>> + Send;
+    fn put_heartbeat(&self) -> impl Future<Output = Result<(), TableError>> + Send;
+}
+
+/// Why installing the runner failed, and whether trying again may help
+/// (a download error may; a digest mismatch will not).
+#[derive(Debug, Clone)]
+pub struct InstallFailure {
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// The host the runner lives on: the operator's pre-runner script, the
+/// runner's installation, its registration and its processes.
+pub trait RunnerHost: Send + Sync {
+    type Runner: RunnerProcess;
+
+    /// Runs the pre-runner script (nothing to run is a success).
+    fn pre_runner(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn install(&self) -> impl Future<Output = Result<(), InstallFailure>> + Send;
+    /// Writes the job hooks the runner calls around each job.
+    fn write_hooks(&self) -> Result<(), RunnerError>;
+    /// Whether the runner directory holds a registration.
+    fn is_configured(&self) -> bool;
+    fn job_active(&self) -> bool;
+    fn clear_job_marker(&self);
+    fn configure(
+        &self,
+        token: &str,
+        name: &str,
+        run_id: &str,
+    ) -> impl Future<Output = Result<(), RunnerError>> + Send;
+    fn remove(
+        &self,
+        token: Option<&str>,
+    ) -> impl Future<Output = Result<RemoveOutcome, RunnerError>> + Send;
+    fn start(&self) -> Result<Self::Runner, RunnerError>;
+    /// Takes over a runner an earlier agent process started, if it lives.
+    fn adopt(&self, pgid: i32) -> Option<Self::Runner>;
+    /// Stops processes left in the runner directory by earlier runs.
+    fn stop_strays(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A running `run.sh`.
+pub trait RunnerProcess: Send {
+    fn pgid(&self) -> i32;
+    /// Resolves when the runner exits (with its status when known).
+    fn exited(&mut self) -> impl Future<Output = Option<ExitStatus>> + Send;
+    /// Stops the runner and every process under it.
+    fn stop(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Wall-clock time, for what the control plane writes as timestamps
+/// (thresholds, token expiry, our own `updatedAt`-style stamps).
+pub trait Clock: Clone + Send + Sync + 'static {
+    fn now_utc(&self) -> OffsetDateTime;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_utc(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+impl Pool for Table {
+    async fn read_instance(&self, consistent: bool) -> Result<Option<InstanceRecord>, TableError> {
+        Table::read_instance(self, consistent).await
+    }
+
+    async fn read_claim_and_token(
+        &self,
+    ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
+        Table::read_claim_and_token(self).await
+    }
+
+    async fn read_token(&self) -> Result<Option<RegistrationToken>, TableError> {
+        Table::read_token(self).await
+    }
+
+    async fn put_signal(&self, signal: Signal, run_id: &str) -> Result<(), TableError> {
+        Table::put_signal(self, signal, run_id).await
+    }
+
+    async fn put_heartbeat(&self) -> Result<(), TableError> {
+        Table::put_heartbeat(self).await
+    }
+}
+
+impl RunnerProcess for RunningRunner {
+    fn pgid(&self) -> i32 {
+        RunningRunner::pgid(self)
+    }
+
+    async fn exited(&mut self) -> Option<ExitStatus> {
+        RunningRunner::exited(self).await
+    }
+
+    async fn stop(self) {
+        RunningRunner::stop(self).await
+    }
+}
+
+/// The real host: `RunnerControl` for the runner, the settings for the
+/// pre-runner script and the install.
+pub struct LocalHost {
+    pub control: RunnerControl,
+    pub settings: crate::config::Settings,
+    pub user: Option<crate::runner::user::RunnerUser>,
+}
+
+impl RunnerHost for LocalHost {
+    type Runner = RunningRunner;
+
+    async fn pre_runner(&self) -> Result<(), String> {
+        match &self.settings.pre_runner {
+            None => Ok(()),
+            Some(pre) => crate::prerunner::run(&pre.script, pre.timeout)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn install(&self) -> Result<(), InstallFailure> {
+        use crate::runner::install::{self, InstallError, InstallOutcome};
+        let runner = &self.settings.runner;
+        match install::ensure_installed(runner, self.user.as_ref()).await {
+            Ok(InstallOutcome::AlreadyPresent) => {
+                tracing::info!(version = %runner.version, dir = %runner.install_dir.display(), "runner already installed");
+                Ok(())
+            }
+            Ok(InstallOutcome::Installed { sha256 }) => {
+                tracing::info!(version = %runner.version, sha256 = %sha256, "runner installed");
+                Ok(())
+            }
+            Err(e) => Err(InstallFailure {
+                retryable: matches!(
+                    e,
+                    InstallError::Download { .. } | InstallError::ReleaseApi { .. }
+                ),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn write_hooks(&self) -> Result<(), RunnerError> {
+        self.control.write_hooks()
+    }
+
+    fn is_configured(&self) -> bool {
+        self.control.is_configured()
+    }
+
+    fn job_active(&self) -> bool {
+        self.control.job_active()
+    }
+
+    fn clear_job_marker(&self) {
+        self.control.clear_job_marker()
+    }
+
+    async fn configure(&self, token: &str, name: &str, run_id: &str) -> Result<(), RunnerError> {
+        self.control.configure(token, name, run_id).await
+    }
+
+    async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
+        self.control.remove(token).await
+    }
+
+    fn start(&self) -> Result<RunningRunner, RunnerError> {
+        self.control.start()
+    }
+
+    fn adopt(&self, pgid: i32) -> Option<RunningRunner> {
+        self.control.adopt(pgid)
+    }
+
+    async fn stop_strays(&self) {
+        self.control.stop_strays().await
+    }
+}
