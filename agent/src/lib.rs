@@ -9,6 +9,7 @@ pub mod expiry;
 pub mod heartbeat;
 pub mod imds;
 pub mod lifecycle;
+pub mod lockfile;
 pub mod logging;
 pub mod notify;
 pub mod permissions;

@@ -241,10 +241,13 @@ impl Lifecycle {
             record.as_ref().and_then(|r| r.run_id.as_deref()) == Some(run_id.as_str());
         let adopted = registration
             .runner_pgid
-            .and_then(|pgid| self.control.adopt(pgid));
+            .and_then(|pgid| self.control.adopt(crate::runner::pid::Pgid::new(pgid)?));
         if still_claimed && self.control.is_configured() {
             if let Some(runner) = adopted {
-                tracing::info!(pgid = runner.pgid(), "re-attached to the running runner");
+                tracing::info!(
+                    pgid = runner.pgid().as_raw(),
+                    "re-attached to the running runner"
+                );
                 self.runner = Some(runner);
             } else {
                 self.control.stop_strays().await;
@@ -433,7 +436,7 @@ impl Lifecycle {
                 match self.control.start() {
                     Ok(runner) => {
                         if let Some(reg) = &mut self.state.registration {
-                            reg.runner_pgid = Some(runner.pgid());
+                            reg.runner_pgid = Some(runner.pgid().as_raw());
                         }
                         self.save();
                         self.runner = Some(runner);
