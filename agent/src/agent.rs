@@ -77,27 +77,8 @@ pub async fn aws_config(region: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// One agent per state dir: a second `runner-agent run` (by hand, beside
-/// the service) would fight the first over the runner directory.
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating state dir {}", dir.display()))?;
-    let path = dir.join("lock");
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!(
-            "another runner-agent holds {}: refusing to run twice",
-            path.display()
-        );
-    }
-    Ok(file)
-}
-
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let _lock = lock_state_dir(&settings.state_dir)?;
+    let _lock = crate::lockfile::lock_state_dir(&settings.state_dir)?;
     let store = StateStore::new(&settings.state_dir);
     let state = match store.load() {
         Ok(state) => state,

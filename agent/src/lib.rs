@@ -8,6 +8,7 @@ pub mod config;
 pub mod expiry;
 pub mod heartbeat;
 pub mod imds;
+pub mod lockfile;
 pub mod logging;
 pub mod machine;
 pub mod notify;

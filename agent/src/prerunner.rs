@@ -78,7 +78,7 @@ pub async fn run(script: &Path, timeout: Duration) -> Result<(), PreRunnerError>
             }
         }
     };
-    let pgid = child.id().map(|p| p as i32);
+    let pgid = crate::runner::pid::Pgid::of_child(&child);
     crate::runner::forward_output("pre-runner stdout", child.stdout.take());
     crate::runner::forward_output("pre-runner stderr", child.stderr.take());
     match tokio::time::timeout(timeout, child.wait()).await {

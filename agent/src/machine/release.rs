@@ -4,6 +4,7 @@
 use super::signal::write_until_stored;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::Signal;
+use crate::runner::pid::Pgid;
 use crate::state::{Phase, Registration};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -174,12 +175,19 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         self.observe(&record);
         let still_claimed = record.and_then(|r| r.run_id).as_deref() == Some(run_id.as_str());
         let host = &self.world.host;
-        let adopted = registration.runner_pgid.and_then(|pgid| host.adopt(pgid));
+        // A saved pgid of 0 or 1 (a corrupt file) names no runner of ours.
+        let adopted = registration
+            .runner_pgid
+            .and_then(Pgid::new)
+            .and_then(|pgid| host.adopt(pgid));
         if still_claimed && host.is_configured() {
             let mut registration = registration;
             match adopted {
                 Some(runner) => {
-                    tracing::info!(pgid = runner.pgid(), "re-attached to the running runner");
+                    tracing::info!(
+                        pgid = runner.pgid().as_raw(),
+                        "re-attached to the running runner"
+                    );
                     self.runner = Some(runner);
                 }
                 None => {

@@ -99,7 +99,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     fn start_runner(&mut self, restarts: &mut Restarts) {
         match self.world.host.start() {
             Ok(runner) => {
-                let pgid = runner.pgid();
+                let pgid = runner.pgid().as_raw();
                 self.runner = Some(runner);
                 restarts.started = Instant::now();
                 if let Phase::Serving { mut registration } = self.state.phase.clone() {

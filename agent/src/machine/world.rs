@@ -5,6 +5,7 @@
 //! tokio's, which the tests pause.
 
 use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
+use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerControl, RunnerError, RunningRunner};
 use crate::table::{Table, TableError};
 use std::future::Future;
@@ -68,14 +69,14 @@ pub trait RunnerHost: Send + Sync {
     ) -> impl Future<Output = Result<RemoveOutcome, RunnerError>> + Send;
     fn start(&self) -> Result<Self::Runner, RunnerError>;
     /// Takes over a runner an earlier agent process started, if it lives.
-    fn adopt(&self, pgid: i32) -> Option<Self::Runner>;
+    fn adopt(&self, pgid: Pgid) -> Option<Self::Runner>;
     /// Stops processes left in the runner directory by earlier runs.
     fn stop_strays(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// A running `run.sh`.
 pub trait RunnerProcess: Send {
-    fn pgid(&self) -> i32;
+    fn pgid(&self) -> Pgid;
     /// Resolves when the runner exits (with its status when known).
     fn exited(&mut self) -> impl Future<Output = Option<ExitStatus>> + Send;
     /// Stops the runner and every process under it.
@@ -122,7 +123,7 @@ impl Pool for Table {
 }
 
 impl RunnerProcess for RunningRunner {
-    fn pgid(&self) -> i32 {
+    fn pgid(&self) -> Pgid {
         RunningRunner::pgid(self)
     }
 
@@ -205,7 +206,7 @@ impl RunnerHost for LocalHost {
         self.control.start()
     }
 
-    fn adopt(&self, pgid: i32) -> Option<RunningRunner> {
+    fn adopt(&self, pgid: Pgid) -> Option<RunningRunner> {
         self.control.adopt(pgid)
     }
 

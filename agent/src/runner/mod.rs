@@ -2,10 +2,13 @@
 //! `run.sh` as a supervised child in its own process group.
 
 pub mod install;
+pub mod pid;
 pub mod tree;
 pub mod user;
 
 use crate::config::Settings;
+use nix::sys::signal::{killpg, Signal};
+use pid::Pgid;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -36,6 +39,10 @@ pub enum RunnerError {
         program: PathBuf,
         source: std::io::Error,
     },
+    /// Reaped before we saw it: without a group id there is nothing we
+    /// could stop later.
+    #[error("started {program} but it has no process id")]
+    NoPid { program: PathBuf },
     #[error("{what} failed: {status}")]
     Failed {
         what: &'static str,
@@ -172,7 +179,7 @@ impl RunnerControl {
         // If the caller gives up (the agent is stopping), kill the script's
         // whole group: an orphaned `Runner.Listener configure` could write
         // `.runner` after the agent cleaned up.
-        let _guard = GroupKillGuard(child.id().map(|p| p as i32));
+        let _guard = GroupKillGuard(Pgid::of_child(&child));
         let status = child.wait().await.map_err(|source| RunnerError::Spawn {
             program: self.dir.join(script),
             source,
@@ -278,8 +285,10 @@ impl RunnerControl {
             command.stdout(out).stderr(err);
         }
         let child = self.spawn(command, "run.sh")?;
-        let pgid = child.id().map(|p| p as i32).unwrap_or_default();
-        tracing::info!(pgid, "runner started");
+        let pgid = Pgid::of_child(&child).ok_or_else(|| RunnerError::NoPid {
+            program: self.dir.join("run.sh"),
+        })?;
+        tracing::info!(%pgid, "runner started");
         Ok(RunningRunner {
             child: Some(child),
             pgid,
@@ -289,8 +298,8 @@ impl RunnerControl {
 
     /// Takes over a runner left by an earlier agent process, if its process
     /// group is alive and still works in the runner directory.
-    pub fn adopt(&self, pgid: i32) -> Option<RunningRunner> {
-        (pgid > 1 && tree::group_belongs_to(pgid, &self.dir)).then(|| RunningRunner {
+    pub fn adopt(&self, pgid: Pgid) -> Option<RunningRunner> {
+        tree::group_belongs_to(pgid, &self.dir).then(|| RunningRunner {
             child: None,
             pgid,
             stop_timeout: self.stop_timeout,
@@ -301,31 +310,31 @@ impl RunnerControl {
     /// an earlier agent process whose state was lost.
     pub async fn stop_strays(&self) {
         for pgid in tree::groups_in_dir(&self.dir) {
-            tracing::warn!(pgid, "stopping a stray runner process group");
+            tracing::warn!(%pgid, "stopping a stray runner process group");
             tree::stop_tree(pgid, self.stop_timeout).await;
+        }
+    }
+}
+
+/// Kills a process group when dropped before the group is done.
+struct GroupKillGuard(Option<Pgid>);
+
+impl Drop for GroupKillGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            if !tree::tree_members(pgid).is_empty() {
+                // Gone in between (ESRCH) is as good as killed.
+                let _ = killpg(pgid.as_pid(), Signal::SIGKILL);
+            }
         }
     }
 }
 
 /// A running `run.sh`: our child, or one adopted from an earlier agent
 /// process (after a crash) that we can watch and stop but not wait on.
-/// Kills a process group when dropped before the group is done.
-struct GroupKillGuard(Option<i32>);
-
-impl Drop for GroupKillGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            if !tree::tree_members(pgid).is_empty() {
-                // SAFETY: plain kill(2) on a group we created.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
 pub struct RunningRunner {
     child: Option<Child>,
-    pgid: i32,
+    pgid: Pgid,
     stop_timeout: Duration,
 }
 
@@ -333,7 +342,7 @@ pub struct RunningRunner {
 const ADOPTED_POLL: Duration = Duration::from_millis(250);
 
 impl RunningRunner {
-    pub fn pgid(&self) -> i32 {
+    pub fn pgid(&self) -> Pgid {
         self.pgid
     }
 

@@ -3,6 +3,9 @@
 //! process groups). SIGTERM first, SIGKILL for whatever is left after the
 //! grace period.
 
+use super::pid::Pgid;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -45,11 +48,11 @@ fn all_processes() -> HashMap<i32, ProcInfo> {
 
 /// Live members of process group `pgid` and all descendants of them, not
 /// counting zombies (already dead, waiting for their parent).
-pub fn tree_members(pgid: i32) -> HashSet<i32> {
+pub fn tree_members(pgid: Pgid) -> HashSet<i32> {
     let procs = all_processes();
     let mut members: HashSet<i32> = procs
         .iter()
-        .filter(|(_, p)| p.pgrp == pgid)
+        .filter(|(_, p)| p.pgrp == pgid.as_raw())
         .map(|(pid, _)| *pid)
         .collect();
     loop {
@@ -67,27 +70,24 @@ pub fn tree_members(pgid: i32) -> HashSet<i32> {
     members
 }
 
-fn signal_all(pgid: i32, pids: &HashSet<i32>, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; stale pids fail with
-    // ESRCH, which is what we want.
-    unsafe {
-        libc::kill(-pgid, signal);
-        for pid in pids {
-            libc::kill(*pid, signal);
-        }
+/// Stale ids fail with ESRCH, which is what we want: the process is gone.
+fn signal_all(pgid: Pgid, pids: &HashSet<i32>, signal: Signal) {
+    let _ = killpg(pgid.as_pid(), signal);
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid), signal);
     }
 }
 
 /// Sends SIGTERM to the tree rooted in process group `pgid`, waits up to
 /// `grace` for it to go, then SIGKILLs what is left. Returns whether the
 /// tree was gone within the grace period.
-pub async fn stop_tree(pgid: i32, grace: Duration) -> bool {
+pub async fn stop_tree(pgid: Pgid, grace: Duration) -> bool {
     let members = tree_members(pgid);
     if members.is_empty() {
         return true;
     }
-    tracing::debug!(pgid, processes = members.len(), "stopping process tree");
-    signal_all(pgid, &members, libc::SIGTERM);
+    tracing::debug!(%pgid, processes = members.len(), "stopping process tree");
+    signal_all(pgid, &members, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     loop {
         let left = tree_members(pgid);
@@ -101,11 +101,11 @@ pub async fn stop_tree(pgid: i32, grace: Duration) -> bool {
         }
         if Instant::now() >= deadline {
             tracing::warn!(
-                pgid,
+                %pgid,
                 processes = left.len(),
                 "process tree ignored SIGTERM; sending SIGKILL"
             );
-            signal_all(pgid, &left, libc::SIGKILL);
+            signal_all(pgid, &left, Signal::SIGKILL);
             return false;
         }
         tokio::time::sleep(EXIT_POLL).await;
@@ -119,17 +119,18 @@ fn alive(pid: i32) -> bool {
 /// Whether process group `pgid` still has a member working in `dir`: guards
 /// against killing an unrelated group that reused a runner's old pgid after
 /// a reboot or a long outage.
-pub fn group_belongs_to(pgid: i32, dir: &Path) -> bool {
+pub fn group_belongs_to(pgid: Pgid, dir: &Path) -> bool {
     all_processes()
         .iter()
-        .filter(|(_, p)| p.pgrp == pgid && !p.zombie)
+        .filter(|(_, p)| p.pgrp == pgid.as_raw() && !p.zombie)
         .any(|(pid, _)| {
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
         })
 }
 
-/// Process groups with a live member whose working directory is in `dir`.
-pub fn groups_in_dir(dir: &Path) -> HashSet<i32> {
+/// Process groups with a live member whose working directory is in `dir`,
+/// except the agent's own (and group 0 of kernel threads).
+pub fn groups_in_dir(dir: &Path) -> HashSet<Pgid> {
     let own = std::process::id() as i32;
     all_processes()
         .iter()
@@ -137,7 +138,7 @@ pub fn groups_in_dir(dir: &Path) -> HashSet<i32> {
         .filter(|(pid, _)| {
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
         })
-        .map(|(_, p)| p.pgrp)
+        .filter_map(|(_, p)| Pgid::new(p.pgrp))
         .collect()
 }
 
@@ -156,7 +157,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        let pgid = child.id() as i32;
+        let pgid = Pgid::new(child.id() as i32).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let members = tree_members(pgid);
         assert!(members.len() >= 3, "{members:?}");
@@ -175,7 +176,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        let pgid = child.id() as i32;
+        let pgid = Pgid::new(child.id() as i32).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(!stop_tree(pgid, Duration::from_millis(300)).await);
         let status = child.wait().unwrap();

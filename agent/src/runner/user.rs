@@ -1,14 +1,20 @@
 //! The Unix user the runner runs as, and switching to it in a child.
 
-use std::ffi::{CStr, CString};
+use nix::unistd::{Gid, Uid, User};
+use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+/// Everything the child needs to become the runner user, resolved in the
+/// agent: the child only makes system calls (see `apply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerUser {
     pub name: String,
-    pub uid: u32,
-    pub gid: u32,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// Supplementary groups (docker, ...) from the group database, the
+    /// primary group among them, as initgroups(3) would set them.
+    pub groups: Vec<Gid>,
     pub home: PathBuf,
 }
 
@@ -23,42 +29,34 @@ pub enum UserError {
         name: String,
         source: std::io::Error,
     },
+    #[error("looking up the groups of runner user {name:?}: {source}")]
+    Groups {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 impl RunnerUser {
     pub fn lookup(name: &str) -> Result<RunnerUser, UserError> {
-        let c_name = CString::new(name).map_err(|_| UserError::Unknown(name.to_owned()))?;
-        let mut buf = vec![0_u8; 16 * 1024];
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, correctly sized storage.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc != 0 {
-            return Err(UserError::Lookup {
+        let user = User::from_name(name)
+            .map_err(|errno| UserError::Lookup {
                 name: name.to_owned(),
-                source: std::io::Error::from_raw_os_error(rc),
-            });
-        }
-        if result.is_null() {
-            return Err(UserError::Unknown(name.to_owned()));
-        }
-        // SAFETY: getpwnam_r filled `pwd` with pointers into `buf`.
-        let home = unsafe { CStr::from_ptr(pwd.pw_dir) }
-            .to_string_lossy()
-            .into_owned();
+                source: errno.into(),
+            })?
+            .ok_or_else(|| UserError::Unknown(name.to_owned()))?;
+        // from_name found it, so the name has no NUL.
+        let c_name = CString::new(name).map_err(|_| UserError::Unknown(name.to_owned()))?;
+        let groups =
+            nix::unistd::getgrouplist(&c_name, user.gid).map_err(|errno| UserError::Groups {
+                name: name.to_owned(),
+                source: errno.into(),
+            })?;
         Ok(RunnerUser {
             name: name.to_owned(),
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home: PathBuf::from(home),
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+            home: user.dir,
         })
     }
 
@@ -67,40 +65,40 @@ impl RunnerUser {
     pub fn resolve(name: Option<&str>) -> Result<Option<RunnerUser>, UserError> {
         let Some(name) = name else { return Ok(None) };
         let user = RunnerUser::lookup(name)?;
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        let euid = nix::unistd::geteuid();
         if user.uid == euid {
             return Ok(None);
         }
-        if euid != 0 {
+        if !euid.is_root() {
             return Err(UserError::NotRoot {
                 name: name.to_owned(),
-                agent_uid: euid,
+                agent_uid: euid.as_raw(),
             });
         }
         Ok(Some(user))
     }
 
-    /// Makes `command` run as this user: supplementary groups (docker, ...)
-    /// from the group database, then gid, then uid; HOME, USER and LOGNAME
-    /// to match.
+    /// Makes `command` run as this user: supplementary groups, then gid,
+    /// then uid; HOME, USER and LOGNAME to match.
     pub fn apply(&self, command: &mut tokio::process::Command) {
-        let name = CString::new(self.name.clone()).expect("checked at lookup");
-        let (uid, gid) = (self.uid, self.gid);
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
         command
             .env("HOME", &self.home)
             .env("USER", &self.name)
             .env("LOGNAME", &self.name);
-        // SAFETY: the closure only calls async-signal-safe functions
-        // (initgroups reads files but allocates nothing we share).
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // the agent's other threads (tokio's blocking pool, the SDK's) may
+        // have left locks held, so only async-signal-safe work is sound. It
+        // makes three system calls through thin nix wrappers (setgroups on
+        // the slice the closure owns, setgid, setuid) and on failure turns
+        // the errno into an io::Error, which does not allocate: no
+        // allocation, no lock, no file read (the groups were resolved in the
+        // agent, at lookup).
         unsafe {
             command.as_std_mut().pre_exec(move || {
-                if libc::initgroups(name.as_ptr(), gid as _) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
                 Ok(())
             });
         }
@@ -109,7 +107,7 @@ impl RunnerUser {
     /// Gives the whole tree at `root` to this user (links themselves, not
     /// their targets).
     pub fn chown_tree(&self, root: &Path) -> std::io::Result<()> {
-        std::os::unix::fs::lchown(root, Some(self.uid), Some(self.gid))?;
+        std::os::unix::fs::lchown(root, Some(self.uid.as_raw()), Some(self.gid.as_raw()))?;
         if root.is_symlink() || !root.is_dir() {
             return Ok(());
         }
@@ -122,8 +120,7 @@ impl RunnerUser {
 
 /// Whether the agent runs as root.
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 #[cfg(test)]
@@ -133,11 +130,71 @@ mod tests {
     #[test]
     fn root_exists_and_unknown_user_does_not() {
         let root = RunnerUser::lookup("root").unwrap();
-        assert_eq!(root.uid, 0);
+        assert_eq!(root.uid.as_raw(), 0);
         assert!(matches!(
             RunnerUser::lookup("no-such-user-ra"),
             Err(UserError::Unknown(_))
         ));
         assert_eq!(RunnerUser::resolve(None).unwrap(), None);
+    }
+
+    /// Groups `name` is listed in, as `/etc/group` says: what the resolved
+    /// list must hold at least (other sources may add more).
+    fn etc_group_memberships(name: &str) -> Vec<Gid> {
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        groups
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                let [_, _, gid, members] = fields[..] else {
+                    return None;
+                };
+                let gid = Gid::from_raw(gid.parse().ok()?);
+                members.split(',').any(|m| m == name).then_some(gid)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn groups_are_resolved_at_lookup_with_the_primary_group() {
+        let root = RunnerUser::lookup("root").unwrap();
+        assert!(root.groups.contains(&root.gid), "{root:?}");
+        for gid in etc_group_memberships("root") {
+            assert!(root.groups.contains(&gid), "{gid} missing: {root:?}");
+        }
+    }
+
+    /// The child really becomes the user: uid, gid and every group, with
+    /// nothing of root's left over.
+    #[tokio::test]
+    async fn a_command_runs_as_the_user_with_its_groups() {
+        if !running_as_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        let Ok(user) = RunnerUser::lookup("nobody") else {
+            eprintln!("skipped: no user nobody");
+            return;
+        };
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "id -u; id -g; id -G; echo $HOME"]);
+        user.apply(&mut command);
+        let out = command.output().await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], user.uid.to_string());
+        assert_eq!(lines[1], user.gid.to_string());
+        let mut got: Vec<u32> = lines[2]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        let mut want: Vec<u32> = user.groups.iter().map(|g| g.as_raw()).collect();
+        got.sort_unstable();
+        got.dedup();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(got, want);
+        assert_eq!(Path::new(lines[3]), user.home);
     }
 }

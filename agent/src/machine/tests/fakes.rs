@@ -3,6 +3,7 @@
 
 use crate::machine::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
+use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerError};
 use crate::table::TableError;
 use std::collections::{HashSet, VecDeque};
@@ -347,7 +348,8 @@ impl RunnerHost for FakeHost {
         Ok(self.runner(pgid))
     }
 
-    fn adopt(&self, pgid: i32) -> Option<FakeRunner> {
+    fn adopt(&self, pgid: Pgid) -> Option<FakeRunner> {
+        let pgid = pgid.as_raw();
         if !self.lock().alive.remove(&pgid) {
             return None;
         }
@@ -369,8 +371,8 @@ pub struct FakeRunner {
 }
 
 impl RunnerProcess for FakeRunner {
-    fn pgid(&self) -> i32 {
-        self.pgid
+    fn pgid(&self) -> Pgid {
+        Pgid::new(self.pgid).expect("fake pgids are above 1")
     }
 
     async fn exited(&mut self) -> Option<ExitStatus> {

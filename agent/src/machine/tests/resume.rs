@@ -230,3 +230,14 @@ async fn an_adopted_runner_that_dies_is_replaced_by_a_new_one() {
     .await;
     assert!(h.host.lock().configures.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_saved_pgid_of_zero_is_never_adopted() {
+    let mut h = Harness::new();
+    h.pool.claim(INITIAL_RUN);
+    h.host.lock().configured = true;
+    h.start_with(serving(Some(0), Signal::RegOk));
+    h.wait_until("runner started", |h| h.host.lock().starts == 1)
+        .await;
+    assert!(h.host.lock().adopted.is_empty());
+}

@@ -1,0 +1,10 @@
+//! The end-to-end suite: the shipped binaries as processes against the
+//! local stack. One module per concern; one test binary for all of them
+//! (`cargo test --test e2e lifecycle::` runs one module).
+
+mod artifacts;
+mod cli;
+mod faults;
+mod lifecycle;
+mod userdata;
+mod userdata_e2e;
