@@ -36,9 +36,15 @@ export RA_MOTO_SERVER=$VENV/bin/moto_server
 # features or another profile and build them all again.
 CARGO_BUILD_FLAGS=(--release --locked --target "$MUSL_TARGET" --workspace)
 export RA_BIN_DIR=$CARGO_TARGET_DIR/$MUSL_TARGET/release
-# The static runner-agent and runner-userdata, and the stack's drivers.
+# The static runner-agent and runner-userdata.
 build_agent() {
-    cargo build "${CARGO_BUILD_FLAGS[@]}" --bins
+    cargo build "${CARGO_BUILD_FLAGS[@]}" --bin runner-agent --bin runner-userdata
+}
+
+# Those and one of the stack's drivers (ra-demo, ra-bench): each binary is
+# a release link of its own, so only the one that runs is built.
+build_with_driver() {
+    cargo build "${CARGO_BUILD_FLAGS[@]}" --bin runner-agent --bin runner-userdata --bin "$1"
 }
 
 # Starts one moto server for the whole run and exports its endpoint; it

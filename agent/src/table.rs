@@ -11,8 +11,6 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
-use std::time::Duration;
-use tokio::time::Instant;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -30,11 +28,6 @@ pub struct Table {
     name: String,
     instance_id: String,
 }
-
-/// Back-off for signal writes the control plane waits for: 100 ms, doubling,
-/// capped at 5 s, for as long as the caller's deadline allows.
-const SIGNAL_RETRY_FIRST: Duration = Duration::from_millis(100);
-const SIGNAL_RETRY_CAP: Duration = Duration::from_secs(5);
 
 impl Table {
     pub fn new(client: Client, name: &str, instance_id: &str) -> Table {
@@ -188,34 +181,6 @@ impl Table {
         ]);
         item.insert("value".into(), AttributeValue::M(value));
         self.put("PutItem(worker signal)", item).await
-    }
-
-    /// Writes `signal` until it is stored or `deadline` passes. The control
-    /// plane waits for these, so a failed write is retried, not dropped.
-    pub async fn put_signal_until_written(
-        &self,
-        signal: Signal,
-        run_id: &str,
-        deadline: Option<Instant>,
-    ) -> Result<(), TableError> {
-        let mut delay = SIGNAL_RETRY_FIRST;
-        loop {
-            match self.put_signal(signal, run_id).await {
-                Ok(()) => {
-                    tracing::info!(signal = %signal, run_id, "signal written");
-                    return Ok(());
-                }
-                Err(e) => {
-                    if deadline.is_some_and(|d| Instant::now() + delay > d) {
-                        tracing::error!(signal = %signal, run_id, error = %e, "giving up on signal: deadline reached");
-                        return Err(e);
-                    }
-                    tracing::warn!(signal = %signal, run_id, error = %e, retry_in_ms = delay.as_millis() as u64, "signal write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(SIGNAL_RETRY_CAP);
-                }
-            }
-        }
     }
 }
 

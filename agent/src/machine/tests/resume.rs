@@ -19,8 +19,9 @@ fn serving(pgid: Option<i32>, signal: Signal) -> AgentState {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_while_claimed_reattaches_the_runner_without_a_second_registration() {
+/// Restarted while claimed, with the runner of the earlier agent process
+/// (pgid 4242) alive and taken over.
+async fn reattached() -> Harness {
     let mut h = Harness::new();
     h.pool.claim(INITIAL_RUN);
     h.host.lock().configured = true;
@@ -28,6 +29,12 @@ async fn restart_while_claimed_reattaches_the_runner_without_a_second_registrati
     h.start_with(serving(Some(4242), Signal::RegOk));
     h.wait_until("adopted", |h| h.host.lock().adopted == [4242])
         .await;
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_while_claimed_reattaches_the_runner_without_a_second_registration() {
+    let h = reattached().await;
     h.idle_for(Duration::from_secs(10)).await;
     assert!(h.host.lock().configures.is_empty());
     assert_eq!(h.host.lock().starts, 0, "the old runner serves on");
@@ -213,13 +220,7 @@ async fn an_unwritable_state_dir_does_not_stop_the_lifecycle() {
 
 #[tokio::test(start_paused = true)]
 async fn an_adopted_runner_that_dies_is_replaced_by_a_new_one() {
-    let mut h = Harness::new();
-    h.pool.claim(INITIAL_RUN);
-    h.host.lock().configured = true;
-    h.host.lock().alive.insert(4242);
-    h.start_with(serving(Some(4242), Signal::RegOk));
-    h.wait_until("adopted", |h| h.host.lock().adopted == [4242])
-        .await;
+    let h = reattached().await;
     h.host.runner_exits(137);
     h.wait_until("restarted", |h| h.host.lock().starts == 1)
         .await;
