@@ -184,9 +184,4 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         });
         self.save();
     }
-
-    /// The state as persisted, for tests and `status`.
-    pub fn state(&self) -> &AgentState {
-        &self.state
-    }
 }
