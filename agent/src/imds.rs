@@ -8,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub const TAG_INITIAL_RUN_ID: &str = "InitialRunId";
-pub const TAG_ALLOW_SELF_TERMINATION: &str = "AllowSelfTermination";
+/// Also the IAM policy's condition key, so it is defined with the AWS calls.
+pub use runner_agent_common::permissions::TAG_ALLOW_SELF_TERMINATION;
 
 /// IMDS answers in well under a millisecond on a real instance; these bound
 /// a hung endpoint. The client retries (3 attempts, exponential back-off

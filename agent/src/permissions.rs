@@ -1,31 +1,5 @@
-//! Every AWS API action the agent calls, for the instance role's policy
-//! (`runner-userdata iam-policy`). The e2e tests record the actions the
-//! agent really sends and compare them with this list, both ways.
+//! Every AWS API action the agent calls. The list lives in
+//! `runner-agent-common`, where runner-userdata renders the instance role's
+//! policy from it; this path stays the agent's.
 
-/// DynamoDB item calls, all on the one pool table: the instance record and
-/// token reads (GetItem, and BatchGetItem for the consistent claim check),
-/// the heartbeat and signal writes (PutItem).
-pub const DYNAMODB_TABLE_ACTIONS: &[&str] = &[
-    "dynamodb:BatchGetItem",
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-];
-
-/// Reads the instance's own `AllowSelfTermination` tag when instance
-/// metadata tags are off. DescribeTags has no resource-level permissions.
-pub const EC2_DESCRIBE_TAGS: &str = "ec2:DescribeTags";
-
-/// Self-termination of an expired instance; the policy allows it only on
-/// instances tagged `AllowSelfTermination=true`.
-pub const EC2_TERMINATE: &str = "ec2:TerminateInstances";
-
-/// Tag that permits self-termination, in IMDS and in the IAM condition.
-pub use crate::imds::TAG_ALLOW_SELF_TERMINATION;
-
-/// All of them, sorted.
-pub fn all_actions() -> Vec<&'static str> {
-    let mut all: Vec<&str> = DYNAMODB_TABLE_ACTIONS.to_vec();
-    all.extend([EC2_DESCRIBE_TAGS, EC2_TERMINATE]);
-    all.sort_unstable();
-    all
-}
+pub use runner_agent_common::permissions::*;

@@ -1,11 +1,8 @@
 #!/bin/bash
-# runner-userdata 0.1.0 (pool-manager, os ubuntu-24.04): starts runner-agent, ends the pool manager's bash agent.
+# runner-userdata 0.1.0 (pool-manager, os ubuntu-24.04): starts runner-agent, ends the pool manager's agent.
 set -euo pipefail
 log() { echo "runner-userdata: $*" >&2; }
-fail() {
-    log "error: $*"
-    exit 1
-}
+fail() { log "error: $*"; exit 1; }
 [ -z "${TABLE_NAME:-}" ] || [ "$TABLE_NAME" = 'acme-widgets-ci-table' ] || fail "the pool manager's table is $TABLE_NAME, not "'acme-widgets-ci-table'
 a='/usr/local/bin/runner-agent'
 case $(uname -m) in
@@ -14,7 +11,8 @@ x86_64) u='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0
 esac
 w=$(mktemp -d)
 curl -fsSL --proto "=$p" --proto-redir "=$p" --connect-timeout 10 -m 300 --retry 5 --retry-all-errors -o "$w/d" "$u" || fail "downloading $u"
-echo "$h  $w/d" | sha256sum -c --quiet || fail "$u: SHA-256 differs from $h; not installed"
+x=$(sha256sum <"$w/d" | cut -c-64)
+[ "$x" = "$h" ] || fail "SHA-256 differs: SHA-256 $x, expected $h; not installed"
 if [ "$t" = 1 ]; then
     tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' || fail "no */runner-agent in $u"
     mv "$w/runner-agent" "$w/d"

@@ -130,8 +130,8 @@ RUNNER_USERDATA_EOF
 agent='/usr/local/bin/runner-agent'
 # The agent is downloaded, and used only if its SHA-256 matches.
 case "$(uname -m)" in
-    aarch64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-aarch64-linux-musl.tar.gz'; agent_sha256=3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7; agent_proto=https; agent_packed=tar ;;
-    x86_64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz'; agent_sha256=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef; agent_proto=https; agent_packed=tar ;;
+    aarch64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-aarch64-linux-musl.tar.gz'; agent_sha256=3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7; agent_proto=https; agent_tarball=1 ;;
+    x86_64) agent_url='https://github.com/runner-agent/runner-agent/releases/download/v0.1.0/runner-agent-0.1.0-x86_64-linux-musl.tar.gz'; agent_sha256=5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef; agent_proto=https; agent_tarball=1 ;;
     *) fail "no agent download for $(uname -m) in this user data (have: aarch64, x86_64)" ;;
 esac
 stamp=/var/lib/runner-userdata/agent.sha256
@@ -142,18 +142,16 @@ else
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     log "downloading $agent_url"
-    curl --fail --silent --show-error --location --proto "=$agent_proto" --proto-redir "=$agent_proto" \
-        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 --retry-all-errors \
-        --output "$work/download" "$agent_url" || fail "downloading $agent_url"
-    echo "$agent_sha256  $work/download" | sha256sum --check --quiet ||
-        fail "$agent_url: SHA-256 $(sha256sum <"$work/download" | cut -d ' ' -f 1), expected $agent_sha256; not installed"
-    if [ "$agent_packed" = tar ]; then
-        tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
-            fail "$agent_url holds no */runner-agent"
-        new_agent=$work/runner-agent
-    else
-        new_agent=$work/download
+    # The download block the pool-manager script shares reads short names.
+    u=$agent_url h=$agent_sha256 p=$agent_proto t=$agent_tarball w=$work
+    curl -fsSL --proto "=$p" --proto-redir "=$p" --connect-timeout 10 -m 300 --retry 5 --retry-all-errors -o "$w/d" "$u" || fail "downloading $u"
+    x=$(sha256sum <"$w/d" | cut -c-64)
+    [ "$x" = "$h" ] || fail "SHA-256 differs: SHA-256 $x, expected $h; not installed"
+    if [ "$t" = 1 ]; then
+        tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' || fail "no */runner-agent in $u"
+        mv "$w/runner-agent" "$w/d"
     fi
+    new_agent=$work/d
     chmod 0755 "$new_agent"
     "$new_agent" --version >/dev/null || fail "the downloaded agent does not run on $(uname -m)"
     mkdir -p "${agent%/*}" /var/lib/runner-userdata

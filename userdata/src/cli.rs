@@ -91,7 +91,7 @@ struct PolicyArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli: Cli = match runner_agent::cli::parse_args() {
+    let cli: Cli = match runner_agent_common::cli::parse_args() {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -154,7 +154,7 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
             (None, Some(path)) => Plan::load(Some(path), &Overrides::default())?.table,
             (None, None) => return Err(anyhow!("give --table or an input file")),
         };
-        if !runner_agent::config::is_table_name(&table) {
+        if !runner_agent_common::config::is_table_name(&table) {
             return Err(anyhow!("--table: {table:?} is not a DynamoDB table name"));
         }
         policy::instance_role(&table, &scope)
@@ -166,7 +166,7 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
 
 fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     match output {
-        Some(path) => runner_agent::state::write_atomically(path, bytes, 0o644)
+        Some(path) => runner_agent_common::fs::write_atomically(path, bytes, 0o644)
             .with_context(|| format!("writing {}", path.display())),
         None => {
             let mut out = std::io::stdout().lock();

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cloud_config;
+pub mod download;
 pub mod input;
 pub mod mime;
 pub mod os;

@@ -3,12 +3,36 @@
 //! write them, with a boundary derived from the content (same input, same
 //! bytes).
 
-use crate::input::MimePart;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
 
 /// The file name of our shell part.
 pub const SCRIPT_PART_NAME: &str = "runner-agent.sh";
+
+/// The MIME types cloud-init's user-data handlers take (others it skips).
+pub const CLOUD_INIT_PART_TYPES: &[&str] = &[
+    "text/cloud-boothook",
+    "text/cloud-config",
+    "text/cloud-config-archive",
+    "text/jinja2",
+    "text/part-handler",
+    "text/x-include-once-url",
+    "text/x-include-url",
+    "text/x-shellscript",
+    "text/x-shellscript-per-boot",
+    "text/x-shellscript-per-instance",
+    "text/x-shellscript-per-once",
+];
+
+/// One part of the document: ours, or one of the input's `mime_parts`.
+#[derive(Debug, Clone)]
+pub struct MimePart {
+    pub filename: String,
+    pub content_type: String,
+    pub body: String,
+}
 
 pub fn render(script: &str, extra: &[MimePart]) -> String {
     let mut parts = vec![MimePart {
@@ -49,34 +73,21 @@ pub fn render(script: &str, extra: &[MimePart]) -> String {
             m.push_str(&p.body);
             m.push('\n');
         } else {
-            let encoded = base64(p.body.as_bytes());
-            for chunk in encoded.as_bytes().chunks(76) {
-                m.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
-                m.push('\n');
-            }
+            m.push_str(&base64_lines(p.body.as_bytes()));
         }
     }
     let _ = writeln!(m, "--{boundary}--");
     m
 }
 
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
+/// Base64 in lines of 76 characters, each ending in a newline: RFC 2045's
+/// limit for an encoded body.
+fn base64_lines(data: &[u8]) -> String {
+    let encoded = BASE64.encode(data);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
+        out.push('\n');
     }
     out
 }
@@ -96,7 +107,20 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
+            let lines = if encoded.is_empty() {
+                String::new()
+            } else {
+                format!("{encoded}\n")
+            };
+            assert_eq!(base64_lines(plain.as_bytes()), lines);
         }
+    }
+
+    #[test]
+    fn base64_lines_are_76_characters() {
+        let text = base64_lines(&[0xa5; 100]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), [76, 60]);
+        assert_eq!(BASE64.decode(lines.concat()).unwrap(), [0xa5; 100]);
     }
 }

@@ -2,7 +2,7 @@
 //! from the agent's own list of calls), and the control plane's pass-role
 //! statement for that role.
 
-use runner_agent::permissions::{
+use runner_agent_common::permissions::{
     DYNAMODB_TABLE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE, TAG_ALLOW_SELF_TERMINATION,
 };
 use serde_json::{json, Value};
@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn instance_role_lists_exactly_the_agents_calls() {
         let policy = instance_role("acme-pool", &any());
-        assert_eq!(actions(&policy), runner_agent::permissions::all_actions());
+        assert_eq!(
+            actions(&policy),
+            runner_agent_common::permissions::all_actions()
+        );
         let terminate = &policy["Statement"][2];
         assert_eq!(
             terminate["Condition"]["StringEquals"]["ec2:ResourceTag/AllowSelfTermination"],

@@ -20,13 +20,14 @@
 //! script is terse and written for one boot (cloud-init runs user data once
 //! per instance); the `shell` format is the commented, idempotent one.
 
+use crate::download::FETCH_AGENT;
 use crate::input::{Plan, PRE_RUNNER_PATH};
 use crate::shell::{self, quote, CONFIG_PATH, SUDOERS_PATH, UNIT_DROP_IN, UNIT_PATH};
 use std::fmt::Write;
 
 pub fn render(plan: &Plan) -> String {
     let mut s = format!(
-        "#!/bin/bash\n# runner-userdata {} (pool-manager, os {}): starts runner-agent, ends the pool manager's bash agent.\nset -euo pipefail\nlog() {{ echo \"runner-userdata: $*\" >&2; }}\nfail() {{\n    log \"error: $*\"\n    exit 1\n}}\n",
+        "#!/bin/bash\n# runner-userdata {} (pool-manager, os {}): starts runner-agent, ends the pool manager's agent.\nset -euo pipefail\nlog() {{ echo \"runner-userdata: $*\" >&2; }}\nfail() {{ log \"error: $*\"; exit 1; }}\n",
         env!("CARGO_PKG_VERSION"),
         plan.os.name()
     );
@@ -64,23 +65,12 @@ pub fn render(plan: &Plan) -> String {
                 quote(&d.url),
                 d.sha256,
                 d.proto(),
-                u8::from(d.is_tarball())
+                d.tarball_flag()
             );
         }
-        s.push_str(
-            r#"*) fail "no agent download for $(uname -m)" ;;
-esac
-w=$(mktemp -d)
-curl -fsSL --proto "=$p" --proto-redir "=$p" --connect-timeout 10 -m 300 --retry 5 --retry-all-errors -o "$w/d" "$u" || fail "downloading $u"
-echo "$h  $w/d" | sha256sum -c --quiet || fail "$u: SHA-256 differs from $h; not installed"
-if [ "$t" = 1 ]; then
-    tar -xzf "$w/d" -C "$w" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' || fail "no */runner-agent in $u"
-    mv "$w/runner-agent" "$w/d"
-fi
-install -D -m 755 "$w/d" "$a"
-rm -rf "$w"
-"#,
-        );
+        s.push_str("*) fail \"no agent download for $(uname -m)\" ;;\nesac\nw=$(mktemp -d)\n");
+        s.push_str(FETCH_AGENT);
+        s.push_str("install -D -m 755 \"$w/d\" \"$a\"\nrm -rf \"$w\"\n");
     }
     s.push_str("\"$a\" --version || fail \"$a does not run\"\n");
     heredoc(&mut s, CONFIG_PATH, "600", &plan.config_toml);

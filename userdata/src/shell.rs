@@ -3,11 +3,13 @@
 //! unit, then `systemctl enable` + start. Each step checks before it
 //! changes anything, so a second run changes nothing.
 
+use crate::download::FETCH_AGENT;
 use crate::input::{Plan, PRE_RUNNER_PATH};
 use crate::os::{OsChoice, OsFamily, PackageManager};
+use runner_agent_common::unit::{STOCK_EXEC_START, UNIT_FILE};
 use std::fmt::Write;
 
-pub use runner_agent::config::DEFAULT_CONFIG_PATH as CONFIG_PATH;
+pub use runner_agent_common::config::DEFAULT_CONFIG_PATH as CONFIG_PATH;
 pub const UNIT_PATH: &str = "/etc/systemd/system/runner-agent.service";
 pub const SUDOERS_PATH: &str = "/etc/sudoers.d/90-runner-agent";
 pub const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
@@ -330,11 +332,11 @@ log "using $version at $agent"
     for (arch, d) in &plan.downloads {
         let _ = writeln!(
             s,
-            "    {arch}) agent_url={}; agent_sha256={}; agent_proto={}; agent_packed={} ;;",
+            "    {arch}) agent_url={}; agent_sha256={}; agent_proto={}; agent_tarball={} ;;",
             quote(&d.url),
             d.sha256,
             d.proto(),
-            if d.is_tarball() { "tar" } else { "binary" }
+            d.tarball_flag()
         );
     }
     let _ =
@@ -352,18 +354,16 @@ else
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     log "downloading $agent_url"
-    curl --fail --silent --show-error --location --proto "=$agent_proto" --proto-redir "=$agent_proto" \
-        --connect-timeout 10 --max-time 300 --retry 5 --retry-delay 2 --retry-all-errors \
-        --output "$work/download" "$agent_url" || fail "downloading $agent_url"
-    echo "$agent_sha256  $work/download" | sha256sum --check --quiet ||
-        fail "$agent_url: SHA-256 $(sha256sum <"$work/download" | cut -d ' ' -f 1), expected $agent_sha256; not installed"
-    if [ "$agent_packed" = tar ]; then
-        tar -xzf "$work/download" -C "$work" --no-same-owner --wildcards --strip-components=1 '*/runner-agent' ||
-            fail "$agent_url holds no */runner-agent"
-        new_agent=$work/runner-agent
-    else
-        new_agent=$work/download
-    fi
+    # The download block the pool-manager script shares reads short names.
+    u=$agent_url h=$agent_sha256 p=$agent_proto t=$agent_tarball w=$work
+"#,
+    );
+    // Indented as the `else` branch it is in; the same lines otherwise.
+    for line in FETCH_AGENT.lines() {
+        let _ = writeln!(s, "    {line}");
+    }
+    s.push_str(
+        r#"    new_agent=$work/d
     chmod 0755 "$new_agent"
     "$new_agent" --version >/dev/null || fail "the downloaded agent does not run on $(uname -m)"
     mkdir -p "${agent%/*}" /var/lib/runner-userdata
@@ -382,19 +382,16 @@ fi
 /// keep the reasoning, user data has 16 KB for everything. `marker` puts
 /// [`UNIT_MARKER`] first, so that a later run recognises the file as ours.
 pub fn unit_text(agent_path: &str, marker: bool) -> String {
-    let unit = include_str!("../../systemd/runner-agent.service");
-    let stock = "ExecStart=/usr/bin/runner-agent run";
-    assert!(unit.contains(stock), "the unit's ExecStart changed");
     let mut text = String::new();
     if marker {
         text.push_str(UNIT_MARKER);
         text.push('\n');
     }
-    for line in unit.lines() {
+    for line in UNIT_FILE.lines() {
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
-        if line == stock {
+        if line == STOCK_EXEC_START {
             text.push_str(&format!("ExecStart={agent_path} run\n"));
         } else {
             text.push_str(line);

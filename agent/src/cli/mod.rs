@@ -8,6 +8,7 @@ use crate::config::{Settings, DEFAULT_CONFIG_PATH};
 use crate::logging::LogFormat;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runner_agent_common::cli::parse_args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,19 +51,6 @@ enum Command {
     /// Download, verify and unpack the configured runner version (for
     /// baking images), then exit.
     Install,
-}
-
-/// Parses the command line. `Err`: clap printed help or version (exit 0)
-/// or a usage error (exit 2), the contract of both binaries.
-pub fn parse_args<T: Parser>() -> Result<T, ExitCode> {
-    T::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        }
-    })
 }
 
 pub fn main() -> ExitCode {

@@ -5,6 +5,8 @@
 
 use crate::config::RunnerSettings;
 use crate::runner::user::RunnerUser;
+use runner_agent_common::digest::parse_sha256_hex;
+use runner_agent_common::http_url::{self, Url};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -160,7 +162,7 @@ pub async fn ensure_installed(
         .user_agent(concat!("runner-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| InstallError::Download {
-            url: settings.release_base_url.clone(),
+            url: settings.release_base_url.to_string(),
             // rustls reads the system's CA store here; without one (no
             // ca-certificates package) the build fails, even for http URLs.
             message: format!(
@@ -182,10 +184,11 @@ pub async fn ensure_installed(
             }
         },
     };
-    let url = format!(
-        "{}/v{}/{}",
-        settings.release_base_url, settings.version, name
-    );
+    let url = http_url::join_segments(
+        &settings.release_base_url,
+        [format!("v{}", settings.version).as_str(), &name],
+    )
+    .to_string();
     let parent = dir.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let leaf = dir
@@ -219,14 +222,16 @@ pub async fn ensure_installed(
 
 async fn release_api_digest(
     http: &reqwest::Client,
-    api: &str,
+    api: &Url,
     version: &str,
     asset: &str,
 ) -> Result<String, InstallError> {
-    let url = format!(
-        "{}/repos/actions/runner/releases/tags/v{version}",
-        api.trim_end_matches('/')
-    );
+    let tag = format!("v{version}");
+    let url = http_url::join_segments(
+        api,
+        ["repos", "actions", "runner", "releases", "tags", &tag],
+    )
+    .to_string();
     let err = |message: String| InstallError::ReleaseApi {
         url: url.clone(),
         message,
@@ -247,11 +252,10 @@ async fn release_api_digest(
         .and_then(|assets| assets.iter().find(|a| a["name"] == asset))
         .and_then(|a| a["digest"].as_str())
         .ok_or_else(|| err(format!("no digest for asset {asset}")))?;
-    let hex = digest
+    digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| err(format!("digest {digest:?} is not sha256:<64 hex>")))?;
-    Ok(hex.to_ascii_lowercase())
+        .and_then(|hex| parse_sha256_hex(hex).ok())
+        .ok_or_else(|| err(format!("digest {digest:?} is not sha256:<64 hex>")))
 }
 
 /// Streams `url` into `dest`, hashing as it goes; `dest` is removed by the
@@ -480,7 +484,7 @@ mod tests {
         assert!(known_digest("2.321.0", "x64").is_some());
         assert!(known_digest("2.0.0", "x64").is_none());
         for (_, _, d) in KNOWN_DIGESTS {
-            assert!(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(parse_sha256_hex(d).as_deref(), Ok(*d));
         }
     }
 }

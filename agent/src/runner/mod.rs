@@ -122,7 +122,8 @@ impl RunnerControl {
             marker.display()
         );
         for (name, body) in [("job-started.sh", started), ("job-completed.sh", completed)] {
-            crate::state::write_atomically(&dir.join(name), body.as_bytes(), 0o755).map_err(err)?;
+            runner_agent_common::fs::write_atomically(&dir.join(name), body.as_bytes(), 0o755)
+                .map_err(err)?;
         }
         if let Some(user) = &self.user {
             user.chown_tree(&dir).map_err(err)?;

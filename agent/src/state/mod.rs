@@ -8,9 +8,8 @@ mod phase;
 pub use phase::{Phase, Registration};
 
 use crate::protocol::Signal;
+use runner_agent_common::fs::write_atomically;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
@@ -163,34 +162,6 @@ impl StateStore {
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         write_atomically(&path, &bytes, 0o600).map_err(|source| StateError::Write { path, source })
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash at any point leaves either
-/// the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -1,0 +1,194 @@
+//! The config's tests: defaults, overrides, and errors that name the file
+//! and the key.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+table = "acme-widgets-pool"
+[github]
+url = "https://github.com/acme/widgets"
+[runner]
+version = "2.321.0"
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    Settings::from_toml(
+        Path::new("/etc/runner-agent/config.toml"),
+        text,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let s = load(MINIMAL, &[]).unwrap();
+    assert_eq!(s.github.url(), "https://github.com/acme/widgets");
+    assert_eq!(s.runner.install_dir, PathBuf::from("/opt/actions-runner"));
+    assert_eq!(s.timing.idle_poll_interval, Duration::from_millis(250));
+    assert_eq!(s.timing.heartbeat_interval, Duration::from_secs(5));
+    assert!(s.pre_runner.is_none());
+    assert_eq!(s.runner.release_base_url.as_str(), DEFAULT_RELEASE_BASE_URL);
+}
+
+#[test]
+fn owner_and_repo_form() {
+    let text = MINIMAL.replace(
+        "url = \"https://github.com/acme/widgets\"",
+        "owner = \"acme\"\nrepo = \"widgets\"",
+    );
+    let s = load(&text, &[]).unwrap();
+    assert_eq!(s.github.owner, "acme");
+    assert_eq!(s.github.repo, "widgets");
+}
+
+#[test]
+fn env_overrides_apply_and_are_validated() {
+    let s = load(
+        MINIMAL,
+        &[
+            ("RUNNER_AGENT_RUNNER__VERSION", "2.330.1"),
+            ("RUNNER_AGENT_TIMING__IDLE_POLL_INTERVAL", "100ms"),
+            ("RUNNER_AGENT_RUNNER__ALLOW_RUN_AS_ROOT", "true"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.runner.version, "2.330.1");
+    assert_eq!(s.timing.idle_poll_interval, Duration::from_millis(100));
+    assert!(s.runner.allow_run_as_root);
+
+    let err = load(
+        MINIMAL,
+        &[("RUNNER_AGENT_TIMING__HEARTBEAT_INTERVAL", "5 parsecs")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("timing.heartbeat_interval"), "{err}");
+}
+
+#[test]
+fn errors_name_file_and_key() {
+    let cases = [
+        (MINIMAL.replace("2.321.0", "latest"), "runner.version"),
+        (
+            MINIMAL.replace("[runner]", "[runner]\nsha256 = \"abc\""),
+            "runner.sha256",
+        ),
+        (MINIMAL.replace("acme-widgets-pool", "a b"), "table"),
+        (
+            MINIMAL.replace("https://github.com/acme/widgets", "github.com/acme"),
+            "github.url",
+        ),
+        (
+            format!("{MINIMAL}[timing]\nidle_poll_interval = \"0ms\"\n"),
+            "timing.idle_poll_interval",
+        ),
+        (
+            format!("{MINIMAL}[agent]\npre_runner_script = \"relative.sh\"\n"),
+            "agent.pre_runner_script",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("/etc/runner-agent/config.toml"), "{err}");
+        assert!(err.contains(key), "expected {key} in {err}");
+    }
+}
+
+#[test]
+fn unknown_and_missing_keys_are_errors() {
+    let err = load(&format!("{MINIMAL}colour = \"blue\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("colour"), "{err}");
+    let err = load("table = \"abc\"\n", &[]).unwrap_err().to_string();
+    assert!(err.contains("github"), "{err}");
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../../../packaging/config.example.toml");
+    let s = load(text, &[]).unwrap();
+    assert_eq!(s.table, "acme-widgets-pool");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+    assert!(parse_duration("10").is_err());
+    assert!(parse_duration("ms").is_err());
+    assert!(parse_duration("3 days").is_err());
+    assert!(parse_duration("99999999999h").is_err());
+}
+
+#[test]
+fn durations_in_humantime_syntax() {
+    for (text, want) in [
+        ("5s", Duration::from_secs(5)),
+        ("2m", Duration::from_secs(120)),
+        ("15min", Duration::from_secs(900)),
+        ("1h30m", Duration::from_secs(5400)),
+        (" 60s ", Duration::from_secs(60)),
+    ] {
+        assert_eq!(parse_duration(text).unwrap(), want, "{text}");
+    }
+    for bad in ["1 0s", "250 ms", "-5s", "8d"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn github_urls() {
+    for (url, server, owner, repo) in [
+        (
+            "https://github.com/acme/widgets/",
+            "https://github.com",
+            "acme",
+            "widgets",
+        ),
+        (
+            "https://github.com/acme/widgets.git",
+            "https://github.com",
+            "acme",
+            "widgets",
+        ),
+        (
+            "http://ghe.example:8443/a/b",
+            "http://ghe.example:8443",
+            "a",
+            "b",
+        ),
+    ] {
+        let s = load(
+            &MINIMAL.replace("https://github.com/acme/widgets", url),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.github.server.as_str(),
+                s.github.owner.as_str(),
+                s.github.repo.as_str()
+            ),
+            (server, owner, repo),
+            "{url}"
+        );
+    }
+    for bad in [
+        "https://github.com/acme",
+        "https://github.com/acme/widgets/issues",
+        "https://github.com/acme/widgets?tab=x",
+        "https://user:pw@github.com/acme/widgets",
+        "https:///acme/widgets",
+        "ssh://github.com/acme/widgets",
+    ] {
+        let err = load(
+            &MINIMAL.replace("https://github.com/acme/widgets", bad),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("github.url"), "{bad}: {err}");
+    }
+}

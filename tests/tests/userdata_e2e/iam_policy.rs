@@ -1,0 +1,68 @@
+//! The rendered IAM policy against the calls the agent makes.
+
+use super::*;
+
+/// `runner-userdata iam-policy` allows exactly what the agent calls: an
+/// agent through boot, a claim/release cycle, and self-termination (with
+/// metadata tags off, so it reads its tag through ec2:DescribeTags) makes
+/// every call it has; the proxy records them by IAM name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
+    let stack = Stack::start(StackOptions {
+        tags_in_metadata: false,
+        ..Default::default()
+    })
+    .await;
+    let agent = stack.spawn_agent(&Default::default());
+    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .cp
+        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
+        .await;
+    stack
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
+    stack
+        .cp
+        .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
+        .await;
+    assert!(
+        stack.wait_terminated(Duration::from_secs(20)).await,
+        "{}",
+        agent.log_text()
+    );
+
+    let out = std::process::Command::new(userdata_binary())
+        .args(["iam-policy", "--table", &stack.cp.table])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let policy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut allowed: Vec<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| match &s["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            list => list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect(),
+        })
+        .collect();
+    allowed.sort();
+    let called: Vec<String> = stack.proxy.counts().iam_actions.into_iter().collect();
+    assert_eq!(called, allowed, "calls seen at the proxy vs the policy");
+    // The table statement names this table, and termination needs the tag.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(":table/{}\"", stack.cp.table)),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"ec2:ResourceTag/AllowSelfTermination\": \"true\""),
+        "{text}"
+    );
+}
