@@ -10,12 +10,14 @@
 mod duration;
 mod env;
 mod raw;
+mod reset;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
 pub use duration::parse_duration;
+pub use reset::{parse_size, DockerMode, HardeningSettings, ResetSettings, DEFAULT_HOME_PATHS};
 pub use validate::is_table_name;
 
 use serde::Deserialize;
@@ -58,6 +60,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub pre_runner: Option<PreRunner>,
     pub timing: Timing,
+    pub reset: ResetSettings,
+    pub hardening: HardeningSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

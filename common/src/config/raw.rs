@@ -15,6 +15,10 @@ pub(super) struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub timing: RawTiming,
+    #[serde(default)]
+    pub reset: super::reset::RawReset,
+    #[serde(default)]
+    pub hardening: super::reset::RawHardening,
 }
 
 #[derive(Debug, Deserialize)]

@@ -192,3 +192,54 @@ fn github_urls() {
         assert!(err.contains("github.url"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn reset_is_on_by_default_and_hardening_off() {
+    let s = load(MINIMAL, &[]).unwrap();
+    assert!(s.reset.enabled);
+    assert_eq!(s.reset.keep_work, vec![PathBuf::from("_tool")]);
+    assert_eq!(s.reset.docker, DockerMode::Auto);
+    assert_eq!(s.reset.image_cache_max, 20 << 30);
+    assert_eq!(s.reset.min_free_space, 2 << 30);
+    assert!(s
+        .reset
+        .home_paths
+        .contains(&PathBuf::from(".docker/config.json")));
+    assert!(!s.hardening.enabled);
+    assert_eq!(s.hardening.metadata_addresses.len(), 2);
+}
+
+#[test]
+fn reset_keys_are_parsed_and_checked() {
+    let text = format!(
+        "{MINIMAL}[reset]\nkeep_work = [\"_tool\", \"cache/x\"]\nimage_cache_max = \"1.5GiB\"\n\
+         min_free_space = \"512MB\"\ndocker = \"required\"\n[hardening]\nenabled = true\n"
+    );
+    let s = load(&text, &[]).unwrap();
+    assert_eq!(s.reset.keep_work.len(), 2);
+    assert_eq!(s.reset.image_cache_max, 1_610_612_736);
+    assert_eq!(s.reset.min_free_space, 512_000_000);
+    assert_eq!(s.reset.docker, DockerMode::Required);
+    assert!(s.hardening.enabled);
+
+    for (bad, key) in [
+        ("[reset]\nkeep_work = [\"../etc\"]", "reset.keep_work"),
+        ("[reset]\nhome_paths = [\"/root/.aws\"]", "reset.home_paths"),
+        (
+            "[reset]\nimage_cache_max = \"lots\"",
+            "reset.image_cache_max",
+        ),
+        ("[reset]\ndocker = \"maybe\"", "reset.docker"),
+        ("[reset]\ntemp_dirs = [\"tmp\"]", "reset.temp_dirs"),
+        ("[reset]\ntimeout = \"0s\"", "reset.timeout"),
+        (
+            "[hardening]\nmetadata_addresses = [\"imds\"]",
+            "hardening.metadata_addresses",
+        ),
+    ] {
+        let err = load(&format!("{MINIMAL}{bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}

@@ -166,6 +166,8 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         ));
     }
 
+    let reset = super::reset::validate_reset(path, raw.reset)?;
+    let hardening = super::reset::validate_hardening(path, raw.hardening)?;
     Ok(Settings {
         source: path.to_owned(),
         table: raw.table,
@@ -174,6 +176,8 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         state_dir,
         pre_runner,
         timing,
+        reset,
+        hardening,
     })
 }
 
