@@ -14,6 +14,10 @@ command -v shellcheck >/dev/null || need_debs+=(shellcheck)
 command -v systemd-analyze >/dev/null || need_debs+=(systemd)
 # runner-userdata's cloud-config is checked by cloud-init's own schema.
 command -v cloud-init >/dev/null || need_debs+=(cloud-init)
+# The reset's tests run a real dockerd (own data root and socket, no
+# bridge, no iptables) and import an image made from a static busybox.
+command -v dockerd >/dev/null || need_debs+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || need_debs+=(busybox-static)
 if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: installing ${need_debs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -7,11 +7,14 @@ use crate::expiry::{SelfTermination, Watchdog};
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
 use crate::machine::world::LocalHost;
 use crate::machine::{Events, Interrupt, Machine, Setup, SystemClock, Timing, World};
+use crate::reset::cgroup::RunnerCgroup;
+use crate::reset::Resetter;
 use crate::runner::user::RunnerUser;
 use crate::runner::RunnerControl;
 use crate::state::{AgentState, StateStore};
 use crate::table::Table;
 use anyhow::Context;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -186,8 +189,10 @@ async fn run_instance(
         observations: obs_tx,
         heartbeat: heartbeat_stop,
     };
+    let cgroup = runner_cgroup(&settings, &id.instance_id);
     let host = LocalHost {
-        control: RunnerControl::new(&settings, user.clone()),
+        control: RunnerControl::new(&settings, user.clone(), cgroup.clone()),
+        resetter: Resetter::new(&settings, user.clone(), cgroup.clone()),
         settings,
         user,
     };
@@ -204,8 +209,31 @@ async fn run_instance(
     crate::notify::stopping();
     stop.cancel();
     join_all(tasks).await;
+    if let Some(cgroup) = cgroup {
+        cgroup.remove();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The cgroup every runner process is born into, so that the reset can
+/// kill all of them; without one, process groups are the fallback (a job
+/// can leave those). The mechanism is logged: it decides what the reset
+/// can promise.
+fn runner_cgroup(settings: &Settings, instance_id: &str) -> Option<Arc<RunnerCgroup>> {
+    if !settings.reset.enabled {
+        return None;
+    }
+    match RunnerCgroup::create(&format!("runner-agent-{instance_id}")) {
+        Ok(cgroup) => {
+            tracing::info!(mechanism = %cgroup.describe(), "runner processes tracked by cgroup");
+            Some(Arc::new(cgroup))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no cgroup for the runner: process groups only (a job that leaves its group survives the reset)");
+            None
+        }
+    }
 }
 
 /// Background tasks end within this of `stop`; one still running then (a

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod permissions;
 pub mod prerunner;
 pub mod protocol;
+pub mod reset;
 pub mod runner;
 pub mod spot;
 pub mod state;

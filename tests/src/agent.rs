@@ -48,6 +48,10 @@ pub struct AgentSpec {
     pub production_timing: bool,
     /// TOML lines appended to the `[timing]` table.
     pub timing: Vec<String>,
+    /// TOML lines for the `[reset]` table; a key given here replaces the
+    /// stack's default for it (home and temp dirs inside the stack dir,
+    /// docker off), so no test cleans the machine's own home or /tmp.
+    pub reset: Vec<String>,
     pub env: Vec<(String, String)>,
 }
 
@@ -57,6 +61,11 @@ pub struct AgentProcess {
 }
 
 impl Stack {
+    /// The runner user's home as the reset sees it.
+    pub fn home_dir(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -97,6 +106,25 @@ impl Stack {
             toml.push_str(line);
             toml.push('\n');
         }
+        toml.push_str("\n[reset]\n");
+        let defaults = [
+            format!("home = \"{}\"", self.home_dir().display()),
+            format!("temp_dirs = [\"{}\"]", dir.join("tmp").display()),
+            "docker = \"off\"".to_owned(),
+        ];
+        let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+        for line in &defaults {
+            if !spec.reset.iter().any(|l| key(l) == key(line)) {
+                toml.push_str(line);
+                toml.push('\n');
+            }
+        }
+        for line in &spec.reset {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        std::fs::create_dir_all(self.home_dir()).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
         if let Err(e) = runner_agent::config::Settings::from_toml(&self.config_path(), &toml, []) {
             panic!("the stack wrote an invalid agent config: {e}\n{toml}");
         }

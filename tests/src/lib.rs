@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod control;
+pub mod docker;
 pub mod github;
 pub mod http;
 pub mod imds;
@@ -109,6 +110,20 @@ impl Stack {
     /// Queues a job of `seconds` for the runner labelled `run_id`.
     pub fn queue_job(&self, run_id: &str, seconds: u32) {
         std::fs::write(self.jobs_dir().join(run_id), seconds.to_string()).unwrap();
+    }
+
+    /// Queues a job with steps (a bash script the fake runner runs in the
+    /// job's workspace) for the runner labelled `run_id`.
+    pub fn queue_steps(&self, run_id: &str, script: &str) {
+        let steps = self.jobs_dir().join(format!("{run_id}.steps"));
+        std::fs::write(steps, script).unwrap();
+        self.queue_job(run_id, 0);
+    }
+
+    /// What the steps of `run_id`'s job printed.
+    pub fn steps_log(&self, run_id: &str) -> String {
+        std::fs::read_to_string(self.jobs_dir().join(format!("{run_id}.steps.log")))
+            .unwrap_or_default()
     }
 
     /// The fake runner's event log: (unix time, event line).

@@ -6,5 +6,6 @@ mod artifacts;
 mod cli;
 mod faults;
 mod lifecycle;
+mod reset;
 mod userdata;
 mod userdata_e2e;

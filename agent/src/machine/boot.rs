@@ -52,9 +52,11 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     /// hooks. A failure is kept in `runner_ready`: claims are then answered
     /// with `UD_REG_FAILED`.
     pub(super) async fn install(&mut self) -> Result<(), Interrupt> {
-        let keep = self.state.phase.registration().is_some();
+        let phase = &self.state.phase;
+        let keep = phase.registration().is_some() || matches!(phase, Phase::Resetting { .. });
         if !keep {
-            // A held registration stays in the state file until resumed.
+            // A held registration, or a reset owed, stays in the state file
+            // until resumed.
             self.enter(Phase::Installing);
         }
         let events = self.setup.events.clone();

@@ -109,8 +109,8 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         run_id: &str,
         token: Option<&RegistrationToken>,
     ) -> Result<Attempt, Interrupt> {
-        if let Err(why) = &self.runner_ready {
-            return Ok(Attempt::Failed(format!("runner not installed: {why}")));
+        if let Some(why) = self.refusal() {
+            return Ok(Attempt::Failed(why));
         }
         let Some(token) = token else {
             return Ok(Attempt::Failed(TokenProblem::Missing.to_string()));
@@ -137,7 +137,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     if record.and_then(|r| r.run_id).as_deref() != Some(run_id) {
                         return Ok(None);
                     }
-                    if &fresh != token && self.runner_ready.is_ok() {
+                    if &fresh != token && self.refusal().is_none() {
                         return Ok(Some(fresh));
                     }
                 }

@@ -13,6 +13,7 @@ mod boot;
 mod claim;
 pub mod events;
 mod release;
+mod reset;
 mod serve;
 mod signal;
 pub mod world;
@@ -118,6 +119,8 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             return Err(self.setup.events.wait().await);
         }
         self.install().await?;
+        let events = self.setup.events.clone();
+        events.guard(self.world.host.take_baseline()).await?;
         let next = self.resume().await?;
         self.enter(next);
         loop {
@@ -129,6 +132,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     registration,
                     signal,
                 } => self.release(registration, signal).await?,
+                Phase::Resetting { run_id, signal } => self.reset(run_id, signal).await?,
                 other => {
                     tracing::error!(phase = other.name(), "no transition from this state");
                     Phase::Idle
@@ -174,6 +178,18 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             at: Instant::now(),
             record: record.clone(),
         }));
+    }
+
+    /// Why claims are refused, if they are: no runner, or an instance a
+    /// reset could not clean.
+    fn refusal(&self) -> Option<String> {
+        if let Some(why) = &self.state.unclean {
+            return Some(format!("instance not clean after an earlier run: {why}"));
+        }
+        self.runner_ready
+            .as_ref()
+            .err()
+            .map(|why| format!("runner not installed: {why}"))
     }
 
     fn record_signal(&mut self, signal: Signal, run_id: &str) {

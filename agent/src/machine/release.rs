@@ -1,7 +1,6 @@
 //! Leaving a registration: on release (releasing → idle), on shutdown or a
 //! spot notice (the final steps), and picking one up after a restart.
 
-use super::signal::write_until_stored;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::Signal;
 use crate::runner::pid::Pgid;
@@ -12,13 +11,14 @@ use tokio::time::Instant;
 /// Everything done on SIGTERM or a spot notice, inside systemd's stop
 /// timeout and the 30 s the agent promises.
 const FINISH_BUDGET: Duration = Duration::from_secs(25);
+/// Of the stop budget, what the signal after a reset keeps for itself.
+const SIGNAL_RESERVE: Duration = Duration::from_secs(5);
 /// Deregistration reads the current token; it must not hold up a stop.
 const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
-    /// Released: deregister, then write `signal` for as long as it takes
-    /// (unless the agent is stopped: then the final steps write it within
-    /// their own budget).
+    /// Released: deregister, then reset the instance and write `signal`
+    /// (`reset.rs`).
     pub(super) async fn release(
         &mut self,
         registration: Registration,
@@ -26,16 +26,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     ) -> Result<Phase, Interrupt> {
         let run_id = registration.run_id.clone();
         self.dismantle(registration, signal).await;
-        let events = self.setup.events.clone();
-        if events
-            .guard(write_until_stored(&self.world.pool, signal, &run_id, None))
-            .await?
-            .is_ok()
-        {
-            self.record_signal(signal, &run_id);
-        }
-        self.released = Some((run_id, Instant::now()));
-        Ok(Phase::Idle)
+        self.reset(run_id, signal).await
     }
 
     /// Stops the runner and every process it left, and deregisters. The
@@ -99,17 +90,31 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         let registration = self.state.registration();
         match (interrupt, registration) {
             (Interrupt::Shutdown, registration) => {
+                let owed = match self.state.phase.clone() {
+                    Phase::Resetting { run_id, signal } => Some((run_id, signal)),
+                    _ => None,
+                };
                 self.enter(Phase::Stopping {
                     registration: registration.clone(),
                 });
-                if let Some(registration) = registration {
-                    let signal = Signal::RemoveRegRemoveRunOk;
-                    if self.leave(registration, signal, deadline).await {
+                let owed = match (owed, registration) {
+                    (Some(owed), _) => Some(owed),
+                    (None, Some(registration)) => {
+                        let run_id = registration.run_id.clone();
+                        self.dismantle(registration, Signal::RemoveRegRemoveRunOk)
+                            .await;
+                        Some((run_id, Signal::RemoveRegRemoveRunOk))
+                    }
+                    (None, None) => None,
+                };
+                if let Some((run_id, signal)) = owed {
+                    if self.reset_by(run_id, signal, deadline).await {
                         self.enter(Phase::Stopping { registration: None });
                     }
                 }
             }
             (Interrupt::Spot, Some(registration)) => {
+                // The instance goes within two minutes: no reset.
                 if self
                     .leave(registration, Signal::SpotInterrupted, deadline)
                     .await
@@ -146,11 +151,34 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         self.signal_by(signal, &run_id, deadline).await
     }
 
+    /// On the way out: the reset and the signal within `deadline`. A reset
+    /// that cannot finish in time stays owed in the state (resetting), and
+    /// the next start finishes it before signalling; true once the signal
+    /// is stored.
+    async fn reset_by(&mut self, run_id: String, signal: Signal, deadline: Instant) -> bool {
+        self.enter(Phase::Resetting {
+            run_id: run_id.clone(),
+            signal,
+        });
+        let reset = self.world.host.reset();
+        let Ok(outcome) = tokio::time::timeout_at(deadline - SIGNAL_RESERVE, reset).await else {
+            tracing::error!(run_id, "the reset did not finish before the stop; the next start finishes it, then signals");
+            return false;
+        };
+        let signal = self.judge(&run_id, signal, outcome);
+        self.signal_by(signal, &run_id, deadline).await
+    }
+
     /// Picks up a registration held by an earlier agent process: serve on
     /// if the claim still holds, release if it went while the agent was
     /// down; without one, removes a registration the runner directory holds
     /// that nothing knows of.
     pub(super) async fn resume(&mut self) -> Result<Phase, Interrupt> {
+        if let Phase::Resetting { .. } = self.state.phase {
+            // Killed during a reset: it starts over before any signal.
+            tracing::info!("resuming a reset from before the restart");
+            return Ok(self.state.phase.clone());
+        }
         let host = &self.world.host;
         let Some(registration) = self.state.registration() else {
             if host.is_configured() {

@@ -72,6 +72,12 @@ pub trait RunnerHost: Send + Sync {
     fn adopt(&self, pgid: Pgid) -> Option<Self::Runner>;
     /// Stops processes left in the runner directory by earlier runs.
     fn stop_strays(&self) -> impl Future<Output = ()> + Send;
+    /// Records what the instance holds before its first run, which the
+    /// reset keeps (once per instance).
+    fn take_baseline(&self) -> impl Future<Output = ()> + Send;
+    /// Resets the instance for the next run: `Ok` with a summary, or why it
+    /// is not clean.
+    fn reset(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// A running `run.sh`.
@@ -137,9 +143,10 @@ impl RunnerProcess for RunningRunner {
 }
 
 /// The real host: `RunnerControl` for the runner, the settings for the
-/// pre-runner script and the install.
+/// pre-runner script and the install, the `Resetter` between runs.
 pub struct LocalHost {
     pub control: RunnerControl,
+    pub resetter: crate::reset::Resetter,
     pub settings: crate::config::Settings,
     pub user: Option<crate::runner::user::RunnerUser>,
 }
@@ -212,5 +219,13 @@ impl RunnerHost for LocalHost {
 
     async fn stop_strays(&self) {
         self.control.stop_strays().await
+    }
+
+    async fn take_baseline(&self) {
+        self.resetter.take_baseline().await
+    }
+
+    async fn reset(&self) -> Result<String, String> {
+        self.resetter.run().await
     }
 }

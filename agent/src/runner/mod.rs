@@ -7,10 +7,12 @@ pub mod tree;
 pub mod user;
 
 use crate::config::Settings;
+use crate::reset::cgroup::RunnerCgroup;
 use nix::sys::signal::{killpg, Signal};
 use pid::Pgid;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -63,6 +65,9 @@ pub struct RunnerControl {
     github_url: String,
     stop_timeout: Duration,
     extra_labels: Vec<String>,
+    /// Where every process the runner starts is born, when the host has
+    /// cgroups the agent can use.
+    cgroup: Option<Arc<RunnerCgroup>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +80,13 @@ pub enum RemoveOutcome {
 }
 
 impl RunnerControl {
-    pub fn new(settings: &Settings, user: Option<RunnerUser>) -> RunnerControl {
+    pub fn new(
+        settings: &Settings,
+        user: Option<RunnerUser>,
+        cgroup: Option<Arc<RunnerCgroup>>,
+    ) -> RunnerControl {
         RunnerControl {
+            cgroup,
             dir: settings.runner.install_dir.clone(),
             user,
             allow_root: settings.runner.allow_run_as_root,
@@ -150,13 +160,16 @@ impl RunnerControl {
                 command.env_remove(name);
             }
         }
-        match &self.user {
-            Some(user) => user.apply(&mut command),
-            None if self.allow_root && user::running_as_root() => {
-                command.env("RUNNER_ALLOW_RUNASROOT", "1");
-            }
-            None => {}
+        if self.user.is_none() && self.allow_root && user::running_as_root() {
+            command.env("RUNNER_ALLOW_RUNASROOT", "1");
         }
+        let procs = self.cgroup.as_ref().and_then(|cgroup| {
+            cgroup
+                .procs_file()
+                .map_err(|e| tracing::error!(error = %e, "the runner starts outside its cgroup"))
+                .ok()
+        });
+        user::confine(command.as_std_mut(), self.user.as_ref(), procs);
         command
     }
 

@@ -2,11 +2,13 @@
 
 use nix::unistd::{Gid, Uid, User};
 use std::ffi::CString;
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Everything the child needs to become the runner user, resolved in the
-/// agent: the child only makes system calls (see `apply`).
+/// agent: the child only makes system calls (see `confine`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerUser {
     pub name: String,
@@ -78,32 +80,6 @@ impl RunnerUser {
         Ok(Some(user))
     }
 
-    /// Makes `command` run as this user: supplementary groups, then gid,
-    /// then uid; HOME, USER and LOGNAME to match.
-    pub fn apply(&self, command: &mut tokio::process::Command) {
-        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
-        command
-            .env("HOME", &self.home)
-            .env("USER", &self.name)
-            .env("LOGNAME", &self.name);
-        // SAFETY: the closure runs in the child between fork and exec, where
-        // the agent's other threads (tokio's blocking pool, the SDK's) may
-        // have left locks held, so only async-signal-safe work is sound. It
-        // makes three system calls through thin nix wrappers (setgroups on
-        // the slice the closure owns, setgid, setuid) and on failure turns
-        // the errno into an io::Error, which does not allocate: no
-        // allocation, no lock, no file read (the groups were resolved in the
-        // agent, at lookup).
-        unsafe {
-            command.as_std_mut().pre_exec(move || {
-                nix::unistd::setgroups(&groups)?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
-                Ok(())
-            });
-        }
-    }
-
     /// Gives the whole tree at `root` to this user (links themselves, not
     /// their targets).
     pub fn chown_tree(&self, root: &Path) -> std::io::Result<()> {
@@ -115,6 +91,43 @@ impl RunnerUser {
             self.chown_tree(&entry?.path())?;
         }
         Ok(())
+    }
+}
+
+/// Prepares a child: born into the runner's cgroup when `cgroup_procs` (its
+/// `cgroup.procs`, open for writing) is given, then running as `user` when
+/// one is given, with HOME, USER and LOGNAME to match.
+pub fn confine(command: &mut Command, user: Option<&RunnerUser>, cgroup_procs: Option<File>) {
+    if let Some(user) = user {
+        command
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
+    if user.is_none() && cgroup_procs.is_none() {
+        return;
+    }
+    let credentials = user.map(|u| (u.uid, u.gid, u.groups.clone()));
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // the agent's other threads (tokio's blocking pool, the SDK's) may have
+    // left locks held, so only async-signal-safe work is sound. It makes at
+    // most four system calls through thin nix wrappers (write of "0" to the
+    // cgroup.procs file the closure owns, which moves the caller; setgroups
+    // on the slice the closure owns, setgid, setuid) and on failure turns
+    // the errno into an io::Error, which does not allocate: no allocation,
+    // no lock, no file opened (file and groups were resolved in the agent).
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(procs) = &cgroup_procs {
+                nix::unistd::write(procs, b"0")?;
+            }
+            if let Some((uid, gid, groups)) = &credentials {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -178,7 +191,7 @@ mod tests {
         };
         let mut command = tokio::process::Command::new("sh");
         command.args(["-c", "id -u; id -g; id -G; echo $HOME"]);
-        user.apply(&mut command);
+        confine(command.as_std_mut(), Some(&user), None);
         let out = command.output().await.unwrap();
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).unwrap();

@@ -42,6 +42,9 @@ pub struct AgentState {
     pub phase_since: String,
     pub last_signal: Option<LastSignal>,
     pub pid: Option<u32>,
+    /// Why the instance is not clean: a reset failed, so claims are
+    /// refused (with `UD_REG_FAILED`) until the instance is replaced.
+    pub unclean: Option<String>,
 }
 
 impl AgentState {
@@ -73,6 +76,8 @@ struct StoredState {
     last_signal: Option<LastSignal>,
     #[serde(default)]
     pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unclean: Option<String>,
 }
 
 impl From<StoredState> for AgentState {
@@ -89,6 +94,7 @@ impl From<StoredState> for AgentState {
             phase_since: s.phase_since,
             last_signal: s.last_signal,
             pid: s.pid,
+            unclean: s.unclean,
         }
     }
 }
@@ -105,6 +111,7 @@ impl From<AgentState> for StoredState {
             phase_since: a.phase_since,
             last_signal: a.last_signal,
             pid: a.pid,
+            unclean: a.unclean,
         }
     }
 }

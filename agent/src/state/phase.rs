@@ -50,6 +50,10 @@ pub enum Phase {
         registration: Registration,
         signal: Signal,
     },
+    /// Deregistered: the instance is being reset for the next run before
+    /// `signal` is written for `run_id` (a restart resets again first).
+    #[serde(rename = "resetting")]
+    Resetting { run_id: String, signal: Signal },
     /// SIGTERM: a registration, if any, is being given up.
     #[serde(rename = "stopping")]
     Stopping { registration: Option<Registration> },
@@ -69,6 +73,7 @@ impl Phase {
             Phase::Registering { .. } => "registering",
             Phase::Serving { .. } => "registered",
             Phase::Releasing { .. } => "deregistering",
+            Phase::Resetting { .. } => "resetting",
             Phase::Stopping { .. } => "stopping",
             Phase::SpotInterrupted => "spot-interrupted",
         }

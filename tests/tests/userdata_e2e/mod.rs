@@ -58,7 +58,7 @@ fn serve_agent_tarball(stack: &Stack) -> (String, String) {
 /// The agent's settings for the stack, as an input file's [agent_config].
 fn agent_config(stack: &Stack, runner_lines: &str) -> String {
     format!(
-        "[agent_config]\ntable = \"{table}\"\n[agent_config.github]\nurl = \"https://github.com/acme/widgets\"\n[agent_config.runner]\nversion = \"{FAKE_RUNNER_VERSION}\"\nrelease_base_url = \"{base}\"\nrelease_api_url = \"{api}\"\nstop_timeout = \"5s\"\n{runner_lines}[agent_config.timing]\nexpiry_check_interval = \"1s\"\n",
+        "[agent_config]\ntable = \"{table}\"\n[agent_config.github]\nurl = \"https://github.com/acme/widgets\"\n[agent_config.runner]\nversion = \"{FAKE_RUNNER_VERSION}\"\nrelease_base_url = \"{base}\"\nrelease_api_url = \"{api}\"\nstop_timeout = \"5s\"\n{runner_lines}[agent_config.timing]\nexpiry_check_interval = \"1s\"\n[agent_config.reset]\ndocker = \"off\"\n",
         table = stack.cp.table,
         base = stack.github.release_base_url(),
         api = stack.github.api_url(),

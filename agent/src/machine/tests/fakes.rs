@@ -229,6 +229,13 @@ pub struct HostState {
     pub stray_sweeps: usize,
     pub job_active: bool,
     pub hooks_written: bool,
+    /// Outcomes of the next resets; empty: success.
+    pub reset_results: VecDeque<Result<String, String>>,
+    pub reset_delay: Duration,
+    pub resets: usize,
+    /// At each reset: deregistrations so far, and runners still running.
+    pub reset_saw: Vec<(usize, usize)>,
+    pub baselines: usize,
     /// Exit senders of the runners started, by pgid.
     pub exits: Vec<(i32, watch::Sender<Option<i32>>)>,
 }
@@ -361,6 +368,26 @@ impl RunnerHost for FakeHost {
         let mut s = self.lock();
         s.stray_sweeps += 1;
         s.alive.clear();
+    }
+
+    async fn take_baseline(&self) {
+        self.lock().baselines += 1;
+    }
+
+    async fn reset(&self) -> Result<String, String> {
+        let running = self.running().len();
+        let delay = {
+            let mut s = self.lock();
+            s.resets += 1;
+            let removes = s.removes.len();
+            s.reset_saw.push((removes, running));
+            s.reset_delay
+        };
+        tokio::time::sleep(delay).await;
+        let mut s = self.lock();
+        s.reset_results
+            .pop_front()
+            .unwrap_or_else(|| Ok("clean".into()))
     }
 }
 

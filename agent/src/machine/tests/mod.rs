@@ -6,6 +6,7 @@ pub mod fakes;
 
 mod boot;
 mod claim;
+mod reset;
 mod resume;
 mod serve;
 mod stop;
@@ -13,7 +14,7 @@ mod stop;
 use super::{Events, Interrupt, Machine, Setup, Timing, World};
 use crate::expiry::Observation;
 use crate::protocol::Signal;
-use crate::state::{AgentState, BootOutcome, LastSignal, StateStore};
+use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
 use fakes::{token, FakeHost, FakePool, TestClock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -181,6 +182,15 @@ impl Harness {
     /// and runner processes stay as they were.
     pub fn kill(&mut self) {
         self.task.take().expect("started").abort();
+    }
+}
+
+/// The state that owes `UD_REMOVE_REG_REMOVE_RUN_OK` for `run_id`: the
+/// runner is deregistered, the signal waits for a reset and a write.
+pub fn owed_release(run_id: &str) -> Phase {
+    Phase::Resetting {
+        run_id: run_id.into(),
+        signal: Signal::RemoveRegRemoveRunOk,
     }
 }
 

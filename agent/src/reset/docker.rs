@@ -1,0 +1,253 @@
+//! What jobs leave in docker: containers, volumes, networks, images and
+//! build cache.
+//!
+//! Through the docker CLI rather than the Engine API: it is what the
+//! runner itself and every job use (container jobs, `docker run` steps),
+//! so it reaches the same daemon through the same DOCKER_HOST, context and
+//! TLS settings they do, and it keeps an HTTP-over-unix-socket client and
+//! the API's version negotiation out of the agent. Every call is bounded.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// One CLI call; `docker rm -f` of a few dozen containers is well inside.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Containers, volumes and networks present before the first run: they
+/// belong to the image or the operator (a log shipper, a cache), not to a
+/// job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inventory {
+    pub containers: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    pub networks: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Docker {
+    pub cli: PathBuf,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub containers: usize,
+    pub volumes: usize,
+    pub networks: usize,
+    pub images: usize,
+}
+
+impl Docker {
+    /// Whether the CLI is installed at all (no CLI: docker is not used).
+    pub fn installed(&self) -> bool {
+        if self.cli.components().count() > 1 {
+            return self.cli.exists();
+        }
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(&self.cli).is_file())
+        })
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new(&self.cli);
+        if let Some(host) = &self.host {
+            command.args(["--host", host]);
+        }
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let what = format!("docker {}", args.join(" "));
+        let out = tokio::time::timeout(CALL_TIMEOUT, command.output())
+            .await
+            .map_err(|_| format!("{what}: no answer in {CALL_TIMEOUT:?}"))?
+            .map_err(|e| format!("{what}: {e}"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("{what}: {}: {}", out.status, stderr.trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn ids(&self, args: &[&str]) -> Result<Vec<String>, String> {
+        Ok(self
+            .call(args)
+            .await?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The daemon's version, if it answers.
+    pub async fn ping(&self) -> Result<String, String> {
+        Ok(self
+            .call(&["version", "--format", "{{.Server.Version}}"])
+            .await?
+            .trim()
+            .to_owned())
+    }
+
+    pub async fn inventory(&self) -> Result<Inventory, String> {
+        Ok(Inventory {
+            containers: self
+                .ids(&["ps", "-aq", "--no-trunc"])
+                .await?
+                .into_iter()
+                .collect(),
+            volumes: self
+                .ids(&["volume", "ls", "-q"])
+                .await?
+                .into_iter()
+                .collect(),
+            networks: self
+                .ids(&["network", "ls", "-q", "--no-trunc"])
+                .await?
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    /// The containers (running ones killed), then the volumes and networks
+    /// not in `baseline`. Required: a failure here fails the reset.
+    pub async fn clean(&self, baseline: &Inventory) -> Result<Cleaned, String> {
+        let mut cleaned = Cleaned::default();
+        let containers: Vec<String> = self
+            .ids(&["ps", "-aq", "--no-trunc"])
+            .await?
+            .into_iter()
+            .filter(|c| !baseline.containers.contains(c))
+            .collect();
+        if !containers.is_empty() {
+            // -f kills running ones (a job's container has no state worth
+            // a graceful stop); -v takes their anonymous volumes along.
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(containers.iter().map(String::as_str));
+            self.call(&args).await?;
+            cleaned.containers = containers.len();
+        }
+        let now = self.inventory().await?;
+        let volumes: Vec<&str> = now
+            .volumes
+            .difference(&baseline.volumes)
+            .map(String::as_str)
+            .collect();
+        if !volumes.is_empty() {
+            let mut args = vec!["volume", "rm", "-f"];
+            args.extend(&volumes);
+            self.call(&args).await?;
+            cleaned.volumes = volumes.len();
+        }
+        let networks: Vec<&str> = now
+            .networks
+            .difference(&baseline.networks)
+            .map(String::as_str)
+            .collect();
+        if !networks.is_empty() {
+            let mut args = vec!["network", "rm"];
+            args.extend(&networks);
+            self.call(&args).await?;
+            cleaned.networks = networks.len();
+        }
+        Ok(cleaned)
+    }
+
+    /// Keeps images (the cache that makes reuse worth it) up to `cap`
+    /// bytes, removing the oldest first. Returns how many went.
+    pub async fn cap_images(&self, cap: u64) -> Result<usize, String> {
+        let ids = self.ids(&["image", "ls", "-q", "--no-trunc"]).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec![
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{.Size}} {{.Created}}",
+        ];
+        let unique: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        args.extend(unique.iter().copied());
+        let listing = self.call(&args).await?;
+        let mut images = parse_images(&listing)?;
+        // Newest first; what is kept is the newest that fits.
+        images.sort_by(|a, b| b.2.cmp(&a.2));
+        let mut total = 0u64;
+        let mut over = Vec::new();
+        for (id, size, _) in &images {
+            total += size;
+            if total > cap {
+                over.push(id.as_str());
+            }
+        }
+        if over.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec!["image", "rm", "-f"];
+        args.extend(&over);
+        self.call(&args).await?;
+        Ok(over.len())
+    }
+
+    /// Prunes the build cache down to `cap` bytes.
+    pub async fn cap_build_cache(&self, cap: u64) -> Result<(), String> {
+        let keep = cap.to_string();
+        self.call(&["builder", "prune", "-f", "--keep-storage", &keep])
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `<id> <size> <created>` lines; the RFC 3339 timestamps sort as text.
+fn parse_images(listing: &str) -> Result<Vec<(String, u64, String)>, String> {
+    listing
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            match (
+                fields.next(),
+                fields.next().map(str::parse::<u64>),
+                fields.next(),
+            ) {
+                (Some(id), Some(Ok(size)), Some(created)) => {
+                    Ok((id.to_owned(), size, created.to_owned()))
+                }
+                _ => Err(format!("docker image inspect: unexpected line {line:?}")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_listing_is_parsed_or_refused() {
+        let listing = "sha256:aa 100 2026-01-02T00:00:00Z\nsha256:bb 7 2025-12-31T23:59:59.5Z\n";
+        let images = parse_images(listing).unwrap();
+        assert_eq!(
+            images[0],
+            ("sha256:aa".into(), 100, "2026-01-02T00:00:00Z".into())
+        );
+        assert_eq!(images.len(), 2);
+        assert!(parse_images("sha256:aa lots 2026").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_cli_is_not_installed_and_says_so() {
+        let docker = Docker {
+            cli: "/nonexistent/docker".into(),
+            host: None,
+        };
+        assert!(!docker.installed());
+        let err = docker.ping().await.unwrap_err();
+        assert!(err.starts_with("docker version"), "{err}");
+    }
+}

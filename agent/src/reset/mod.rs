@@ -1,0 +1,254 @@
+//! The clean slate between runs on a reused instance: after the runner is
+//! deregistered and before the release is signalled, every process the run
+//! started goes, its files, credentials and docker objects go, and the
+//! instance is checked for room for the next run. A reset that fails is
+//! never hidden: the machine signals `UD_REMOVE_REG_REMOVE_RUN_FAILED` and
+//! refuses later claims (see `machine/release.rs`).
+
+pub mod cgroup;
+mod docker;
+mod files;
+mod health;
+mod procs;
+
+use crate::config::{DockerMode, ResetSettings, Settings};
+use crate::runner::user::RunnerUser;
+use cgroup::RunnerCgroup;
+use docker::{Docker, Inventory};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const BASELINE_FILE: &str = "baseline.json";
+
+/// What the instance held before its first run, kept across restarts:
+/// this is not cleaned away.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Baseline {
+    /// `None`: docker did not answer at the first start.
+    docker: Option<Inventory>,
+    /// Files under the home's `.ssh`, relative to it.
+    ssh: BTreeSet<PathBuf>,
+}
+
+pub struct Resetter {
+    settings: ResetSettings,
+    install_dir: PathBuf,
+    baseline_path: PathBuf,
+    /// A dedicated runner user (not the agent's, not root).
+    user: Option<RunnerUser>,
+    home: Option<PathBuf>,
+    cgroup: Option<Arc<RunnerCgroup>>,
+    docker: Docker,
+    stop_timeout: std::time::Duration,
+}
+
+impl Resetter {
+    pub fn new(
+        settings: &Settings,
+        user: Option<RunnerUser>,
+        cgroup: Option<Arc<RunnerCgroup>>,
+    ) -> Resetter {
+        let reset = settings.reset.clone();
+        let home = reset.home.clone().or_else(|| match &user {
+            Some(user) => Some(user.home.clone()),
+            None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir),
+        });
+        Resetter {
+            docker: Docker {
+                cli: reset.docker_cli.clone(),
+                host: reset.docker_host.clone(),
+            },
+            settings: reset,
+            install_dir: settings.runner.install_dir.clone(),
+            baseline_path: settings.state_dir.join(BASELINE_FILE),
+            user: user.filter(|u| !u.uid.is_root()),
+            home,
+            cgroup,
+            stop_timeout: settings.runner.stop_timeout,
+        }
+    }
+
+    fn load_baseline(&self) -> Option<Baseline> {
+        let text = std::fs::read(&self.baseline_path).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(baseline) => Some(baseline),
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.baseline_path.display(), "unreadable baseline; taking it again");
+                None
+            }
+        }
+    }
+
+    /// Records what the instance holds before its first run (once per
+    /// instance: later starts keep the first record).
+    pub async fn take_baseline(&self) {
+        if !self.settings.enabled || self.load_baseline().is_some() {
+            return;
+        }
+        let docker = if self.settings.docker != DockerMode::Off && self.docker.installed() {
+            match self.docker.inventory().await {
+                Ok(inventory) => Some(inventory),
+                Err(e) => {
+                    tracing::info!(error = %e, "docker does not answer; it is left alone unless it does later");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ssh = self
+            .home
+            .as_ref()
+            .map(|h| files::list_files(&h.join(".ssh")))
+            .unwrap_or_default();
+        let baseline = Baseline { docker, ssh };
+        let bytes = serde_json::to_vec_pretty(&baseline).expect("baseline serializes");
+        if let Err(e) =
+            runner_agent_common::fs::write_atomically(&self.baseline_path, &bytes, 0o600)
+        {
+            tracing::error!(error = %e, "saving the reset baseline");
+        }
+        tracing::info!(
+            docker = baseline.docker.is_some(),
+            ssh_files = baseline.ssh.len(),
+            "reset baseline taken"
+        );
+    }
+
+    /// Runs every step within the configured time; `Ok` carries a summary
+    /// for the log, `Err` the reason the instance is not clean.
+    pub async fn run(&self) -> Result<String, String> {
+        if !self.settings.enabled {
+            return Ok("reset disabled by config".into());
+        }
+        let timeout = self.settings.timeout;
+        tokio::time::timeout(timeout, self.steps())
+            .await
+            .map_err(|_| format!("the reset did not finish within {timeout:?}"))?
+    }
+
+    async fn steps(&self) -> Result<String, String> {
+        let baseline = self.load_baseline().unwrap_or_default();
+        let mut done = vec![self.processes().await?];
+        if let Some(inventory) = self.docker_in_use(&baseline).await? {
+            done.push(self.docker_steps(&inventory).await?);
+        }
+        let s = &self.settings;
+        let work = files::clean_work(&self.install_dir.join("_work"), &s.keep_work)
+            .map_err(|e| format!("emptying _work: {e}"))?;
+        let diag = files::rotate_diag(
+            &self.install_dir.join("_diag"),
+            s.diag_keep,
+            s.diag_max_size,
+        )
+        .map_err(|e| format!("rotating _diag: {e}"))?;
+        let home = match &self.home {
+            Some(home) => files::clean_home(home, &s.home_paths, &baseline.ssh)
+                .map_err(|e| format!("cleaning the runner's home: {e}"))?,
+            None => 0,
+        };
+        let temp = match &self.user {
+            Some(user) => files::clean_temp(&s.temp_dirs, user.uid.as_raw())
+                .map_err(|e| format!("removing the runner user's temp files: {e}"))?,
+            None => 0,
+        };
+        done.push(format!(
+            "{work} work entries, {diag} diag logs, {home} home paths, {temp} temp files removed"
+        ));
+        // Jobs write under _work, which may be a volume of its own.
+        let work = self.install_dir.join("_work");
+        let volume = if work.is_dir() {
+            work
+        } else {
+            self.install_dir.clone()
+        };
+        let room = health::room(&volume)?;
+        health::verdict(room, s.min_free_space, s.min_free_inodes)?;
+        done.push(format!(
+            "{} and {} inodes free",
+            bytesize::ByteSize::b(room.free_bytes),
+            room.free_inodes
+        ));
+        Ok(done.join("; "))
+    }
+
+    /// Every process of the run: the cgroup, else the process groups that
+    /// work in the runner directory; then, with a dedicated user, all of
+    /// that user's.
+    async fn processes(&self) -> Result<String, String> {
+        let mut summary = match &self.cgroup {
+            Some(cgroup) => {
+                let n = cgroup
+                    .kill_all()
+                    .await
+                    .map_err(|e| format!("killing the runner's cgroup: {e}"))?;
+                format!("{n} processes killed (cgroup)")
+            }
+            None => {
+                let groups = crate::runner::tree::groups_in_dir(&self.install_dir);
+                for pgid in &groups {
+                    crate::runner::tree::stop_tree(*pgid, self.stop_timeout).await;
+                }
+                format!("{} process groups stopped (no cgroup)", groups.len())
+            }
+        };
+        if let Some(user) = &self.user {
+            let n = procs::kill_user(user.uid)
+                .await
+                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
+            summary.push_str(&format!(", {n} more of user {}", user.name));
+        }
+        Ok(summary)
+    }
+
+    /// The inventory to keep when docker is to be cleaned; `None` when
+    /// docker is not used here.
+    async fn docker_in_use(&self, baseline: &Baseline) -> Result<Option<Inventory>, String> {
+        let mode = self.settings.docker;
+        if mode == DockerMode::Off || (mode == DockerMode::Auto && !self.docker.installed()) {
+            return Ok(None);
+        }
+        match self.docker.ping().await {
+            Ok(_) => Ok(Some(baseline.docker.clone().unwrap_or_default())),
+            // It answered before: jobs may have left things in it.
+            Err(e) if mode == DockerMode::Required || baseline.docker.is_some() => {
+                Err(format!("docker does not answer: {e}"))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn docker_steps(&self, baseline: &Inventory) -> Result<String, String> {
+        let cleaned = self.docker.clean(baseline).await?;
+        // The caches: over their caps they shrink; a failure to shrink is
+        // no reason to fail the instance (the health check guards space).
+        let images = match self.docker.cap_images(self.settings.image_cache_max).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "capping the image cache");
+                0
+            }
+        };
+        if let Err(e) = self
+            .docker
+            .cap_build_cache(self.settings.build_cache_max)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning the build cache");
+        }
+        // Health: the daemon still answers for the next run.
+        self.docker
+            .ping()
+            .await
+            .map_err(|e| format!("docker stopped answering after the clean-up: {e}"))?;
+        Ok(format!(
+            "docker: {} containers, {} volumes, {} networks, {images} images removed",
+            cleaned.containers, cleaned.volumes, cleaned.networks
+        ))
+    }
+}
