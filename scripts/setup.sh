@@ -14,6 +14,12 @@ command -v shellcheck >/dev/null || need_debs+=(shellcheck)
 command -v systemd-analyze >/dev/null || need_debs+=(systemd)
 # runner-userdata's cloud-config is checked by cloud-init's own schema.
 command -v cloud-init >/dev/null || need_debs+=(cloud-init)
+# The hardened-mode tests: nft in a private network namespace (unshare,
+# ip), clients as the runner user (setpriv), check's sudo probe.
+command -v nft >/dev/null || need_debs+=(nftables)
+command -v ip >/dev/null || need_debs+=(iproute2)
+{ command -v unshare && command -v setpriv; } >/dev/null || need_debs+=(util-linux)
+command -v sudo >/dev/null || need_debs+=(sudo)
 if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: installing ${need_debs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
