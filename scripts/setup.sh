@@ -18,6 +18,12 @@ command -v cloud-init >/dev/null || need_debs+=(cloud-init)
 # bridge, no iptables) and import an image made from a static busybox.
 command -v dockerd >/dev/null || need_debs+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need_debs+=(busybox-static)
+# The hardened-mode tests: nft in a private network namespace (unshare,
+# ip), clients as the runner user (setpriv), check's sudo probe.
+command -v nft >/dev/null || need_debs+=(nftables)
+command -v ip >/dev/null || need_debs+=(iproute2)
+{ command -v unshare && command -v setpriv; } >/dev/null || need_debs+=(util-linux)
+command -v sudo >/dev/null || need_debs+=(sudo)
 if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: installing ${need_debs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

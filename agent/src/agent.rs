@@ -1,6 +1,7 @@
 //! `runner-agent run`: the wiring. Identity from IMDS, the AWS clients,
 //! the background tasks (heartbeat, expiry watchdog, spot notices, OS
-//! signals, systemd watchdog), then the state machine until it stops.
+//! signals, systemd watchdog), then the state machine until it stops;
+//! in hardened mode the firewall around all of it.
 
 use crate::config::Settings;
 use crate::expiry::{SelfTermination, Watchdog};
@@ -93,12 +94,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let user = RunnerUser::resolve(settings.runner.user.as_deref()).context("runner user")?;
-    let imds = Imds::from_env();
-    let id = identity(&imds).await?;
-    let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-    run_instance(settings, store, state, user, imds, id)
-        .instrument(span)
-        .await
+    // Before anything can start the runner; an error here ends the start.
+    let hardened = crate::hardening::start(&settings, user.as_ref()).await?;
+    let result = async {
+        let imds = Imds::from_env();
+        let id = identity(&imds).await?;
+        let span = tracing::info_span!("agent", instance_id = %id.instance_id);
+        run_instance(settings, store, state, user, imds, id)
+            .instrument(span)
+            .await
+    }
+    .await;
+    // After the machine has stopped the runner, however the run ended.
+    if hardened {
+        crate::hardening::stop().await;
+    }
+    result
 }
 
 /// Everything after the instance is known, inside the `agent` span (so

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod expiry;
+pub mod hardening;
 pub mod heartbeat;
 pub mod imds;
 pub mod lockfile;

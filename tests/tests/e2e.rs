@@ -5,6 +5,7 @@
 mod artifacts;
 mod cli;
 mod faults;
+mod hardened;
 mod lifecycle;
 mod reset;
 mod userdata;

@@ -62,6 +62,9 @@ struct RenderArgs {
     /// agent.path: where the agent binary is (or is installed to).
     #[arg(long)]
     agent_path: Option<String>,
+    /// Hardened mode (the input's `hardened = true`).
+    #[arg(long)]
+    hardened: bool,
     /// gzip the output (cloud-init decompresses it).
     #[arg(long)]
     gzip: bool,
@@ -120,6 +123,7 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         runner_sha256: args.runner_sha256,
         runner_user: args.runner_user,
         agent_path: args.agent_path,
+        hardened: args.hardened,
     };
     let plan = Plan::load(args.input.as_deref(), &overrides)?;
     let rendered = crate::render(&plan, args.gzip)?;

@@ -45,8 +45,20 @@ pub fn render(plan: &Plan) -> String {
         let q = quote(user);
         let _ = writeln!(
             s,
-            "id -u {q} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {q}\n! getent group docker >/dev/null || usermod -aG docker {q}"
+            "id -u {q} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {q}"
         );
+        if plan.hardened {
+            // The docker socket is root: hardened mode keeps the user out.
+            let _ = writeln!(
+                s,
+                "! id -nG {q} | tr ' ' '\\n' | grep -qx docker || gpasswd -d {q} docker >/dev/null"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "! getent group docker >/dev/null || usermod -aG docker {q}"
+            );
+        }
         if plan.runner_user_sudo {
             heredoc(&mut s, SUDOERS_PATH, "440", &shell::sudoers_line(user));
         }

@@ -281,12 +281,28 @@ if ! id -u {q} >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash {q}
     log "created user "{q}
 fi
-if getent group docker >/dev/null && ! id -nG {q} | tr ' ' '\n' | grep -qx docker; then
+"#
+    );
+    if plan.hardened {
+        // The docker socket is root: hardened mode keeps the user out.
+        let _ = write!(
+            s,
+            r#"if id -nG {q} | tr ' ' '\n' | grep -qx docker; then
+    gpasswd -d {q} docker >/dev/null
+    log "removed "{q}" from group docker (hardened mode)"
+fi
+"#
+        );
+    } else {
+        let _ = write!(
+            s,
+            r#"if getent group docker >/dev/null && ! id -nG {q} | tr ' ' '\n' | grep -qx docker; then
     usermod -aG docker {q}
     log "added "{q}" to group docker"
 fi
 "#
-    );
+        );
+    }
     if plan.runner_user_sudo {
         s.push_str("# Passwordless sudo, as on GitHub's hosted runners.\n");
         put_file(

@@ -2,6 +2,7 @@
 //! failed.
 
 use crate::config::Settings;
+use crate::hardening::isolation;
 use crate::imds::{Imds, TagSource, TAG_INITIAL_RUN_ID};
 use crate::runner::install;
 use std::path::Path;
@@ -45,6 +46,10 @@ pub async fn run(config: &Path) -> ExitCode {
             })
             .map_err(|e| e.to_string()),
     );
+    report.line("isolation", isolation(&settings).await);
+    if settings.hardening.enabled {
+        report.line("firewall", nft_version().await);
+    }
     report.line("state dir", writable(&settings.state_dir));
     report.line("runner dir", runner_dir(&settings));
 
@@ -117,6 +122,30 @@ pub async fn run(config: &Path) -> ExitCode {
         println!("{} check(s) failed", report.failed);
         ExitCode::FAILURE
     }
+}
+
+/// The isolation level, one line. It fails only when hardened mode is on
+/// and jobs can become root anyway: then the firewall protects nothing.
+async fn isolation(settings: &Settings) -> Result<String, String> {
+    let facts = isolation::probe(settings.runner.user.as_deref()).await?;
+    let level = isolation::decide(&facts);
+    if settings.hardening.enabled && !level.is_isolated() {
+        return Err(format!("{level}, which hardened mode cannot allow"));
+    }
+    Ok(level.to_string())
+}
+
+/// Hardened mode installs its rules with `nft`: it must be there.
+async fn nft_version() -> Result<String, String> {
+    let out = tokio::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| format!("nft: {e} (install the nftables package)"))?;
+    if !out.status.success() {
+        return Err(format!("nft --version failed: {}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn writable(dir: &Path) -> Result<String, String> {

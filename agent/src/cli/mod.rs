@@ -1,7 +1,9 @@
-//! Command line: `run`, `status`, `check`, `install`. Exit codes: 0 ok,
+//! Command line: `run`, `status`, `check`, `install` (and the hidden
+//! `firewall`). Exit codes: 0 ok,
 //! 1 failure (error chain on stderr, or a failed check), 2 usage error.
 
 mod check;
+mod firewall;
 mod status;
 
 use crate::config::{Settings, DEFAULT_CONFIG_PATH};
@@ -51,6 +53,14 @@ enum Command {
     /// Download, verify and unpack the configured runner version (for
     /// baking images), then exit.
     Install,
+    /// Hardened mode's firewall by hand: `apply` installs the table the
+    /// agent installs at start, `remove` removes it (as the agent does at
+    /// stop). For maintenance and tests.
+    #[command(hide = true)]
+    Firewall {
+        #[arg(value_enum)]
+        action: firewall::Action,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -87,5 +97,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{outcome:?}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Firewall { action } => firewall::run(&load()?, action)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }

@@ -212,7 +212,7 @@ fn reset_is_on_by_default_and_hardening_off() {
 #[test]
 fn reset_keys_are_parsed_and_checked() {
     let text = format!(
-        "{MINIMAL}[reset]\nkeep_work = [\"_tool\", \"cache/x\"]\nimage_cache_max = \"1.5GiB\"\n\
+        "{MINIMAL}user = \"runner\"\n[reset]\nkeep_work = [\"_tool\", \"cache/x\"]\nimage_cache_max = \"1.5GiB\"\n\
          min_free_space = \"512MB\"\ndocker = \"required\"\n[hardening]\nenabled = true\n"
     );
     let s = load(&text, &[]).unwrap();
@@ -242,4 +242,27 @@ fn reset_keys_are_parsed_and_checked() {
             .to_string();
         assert!(err.contains(key), "{bad}: {err}");
     }
+}
+
+#[test]
+fn hardening_needs_a_dedicated_runner_user() {
+    let hardened = "[hardening]\nenabled = true\n";
+    for runner in ["", "user = \"root\"\n"] {
+        let err = load(&format!("{MINIMAL}{runner}{hardened}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `hardening.enabled`"), "{runner}: {err}");
+        assert!(err.contains("runner.user"), "{err}");
+    }
+    let s = load(&format!("{MINIMAL}user = \"runner\"\n{hardened}"), &[]).unwrap();
+    assert!(s.hardening.enabled);
+    let err = load(
+        &format!("{MINIMAL}user = \"runner\"\n{hardened}metadata_addresses = []\n"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("hardening.metadata_addresses"), "{err}");
+    // Off, the runner user does not matter.
+    assert!(load(&format!("{MINIMAL}[hardening]\nenabled = false\n"), &[]).is_ok());
 }

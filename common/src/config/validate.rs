@@ -168,6 +168,21 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
 
     let reset = super::reset::validate_reset(path, raw.reset)?;
     let hardening = super::reset::validate_hardening(path, raw.hardening)?;
+    if hardening.enabled {
+        // Jobs as root (or as the agent) can remove any firewall rule.
+        if matches!(runner.user.as_deref(), None | Some("root")) {
+            return Err(invalid(
+                "hardening.enabled",
+                "needs runner.user: a dedicated user other than root for the jobs".into(),
+            ));
+        }
+        if hardening.metadata_addresses.is_empty() {
+            return Err(invalid(
+                "hardening.metadata_addresses",
+                "empty: hardened mode would block nothing".into(),
+            ));
+        }
+    }
     Ok(Settings {
         source: path.to_owned(),
         table: raw.table,

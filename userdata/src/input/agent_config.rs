@@ -12,6 +12,7 @@ pub(super) fn build(
     table: Option<toml::Table>,
     overrides: &Overrides,
     pre_runner: bool,
+    hardened: bool,
 ) -> Result<(String, Settings), (String, String)> {
     let invalid = |field: &str, reason: String| (field.to_owned(), reason);
     // The file's table, then the flags, then the keys the generator owns.
@@ -59,6 +60,25 @@ pub(super) fn build(
             "pre_runner_script",
             &Some(PRE_RUNNER_PATH.into()),
         );
+    }
+    if hardened {
+        if let Some(toml::Value::Boolean(false)) = config
+            .get("hardening")
+            .and_then(toml::Value::as_table)
+            .and_then(|t| t.get("enabled"))
+        {
+            return Err(invalid(
+                "agent_config.hardening.enabled",
+                "false, but `hardened` asks for hardened mode; drop one".into(),
+            ));
+        }
+        // The agent's parser checks the rest (a dedicated runner.user).
+        let section = config
+            .entry("hardening")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = section {
+            t.insert("enabled".into(), toml::Value::Boolean(true));
+        }
     }
     let config_toml = format!(
         "# Written by runner-userdata; keys in docs/config.md.\n{}",

@@ -78,6 +78,10 @@ struct RawInput {
     pre_runner_script: Option<PathBuf>,
     #[serde(default)]
     runner_user_sudo: bool,
+    /// Hardened mode: `[hardening] enabled = true` in the agent config, and
+    /// the runner user kept out of the docker group.
+    #[serde(default)]
+    hardened: bool,
     #[serde(default)]
     agent: RawAgent,
     #[serde(default)]
@@ -118,6 +122,8 @@ pub struct Overrides {
     pub runner_sha256: Option<String>,
     pub runner_user: Option<String>,
     pub agent_path: Option<String>,
+    /// `--hardened`: turns hardened mode on (never off).
+    pub hardened: bool,
 }
 
 /// A validated input, ready to render.
@@ -130,6 +136,9 @@ pub struct Plan {
     /// The runner's user, created at boot when missing.
     pub runner_user: Option<String>,
     pub runner_user_sudo: bool,
+    /// The agent config has hardened mode on: the runner user must not be
+    /// in the docker group (or have sudo).
+    pub hardened: bool,
     pub agent_path: String,
     /// By arch (`x86_64`, `aarch64`); empty: the agent is on the image.
     pub downloads: BTreeMap<String, Download>,
@@ -251,14 +260,21 @@ impl Plan {
             }
         };
 
+        let hardened = raw.hardened || overrides.hardened;
         let (config_toml, settings) =
-            agent_config::build(raw.agent_config, overrides, pre_runner.is_some())
+            agent_config::build(raw.agent_config, overrides, pre_runner.is_some(), hardened)
                 .map_err(|(field, reason)| invalid(&field, reason))?;
         let runner_user = settings.runner.user.clone();
         if raw.runner_user_sudo && runner_user.is_none() {
             return Err(invalid(
                 "runner_user_sudo",
                 "needs agent_config.runner.user".into(),
+            ));
+        }
+        if raw.runner_user_sudo && settings.hardening.enabled {
+            return Err(invalid(
+                "runner_user_sudo",
+                "not with hardened mode: a runner user with sudo can undo it".into(),
             ));
         }
 
@@ -307,6 +323,7 @@ impl Plan {
             extra_packages: raw.extra_packages,
             runner_user,
             runner_user_sudo: raw.runner_user_sudo,
+            hardened: settings.hardening.enabled,
             agent_path,
             downloads,
             pre_runner,

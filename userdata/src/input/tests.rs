@@ -114,3 +114,76 @@ fn agent_config_errors_come_from_the_agents_parser() {
     let text = format!("{MINIMAL}colour = \"red\"\n");
     assert!(error(&text).contains("unknown field `colour`"));
 }
+
+#[test]
+fn hardened_input_turns_hardened_mode_on_in_the_agent_config() {
+    let with_user = format!("{MINIMAL}user = \"runner\"\n");
+    for (text, overrides) in [
+        (
+            format!("hardened = true\n{with_user}"),
+            Overrides::default(),
+        ),
+        (
+            with_user.clone(),
+            Overrides {
+                hardened: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let plan = Plan::parse(Path::new("in.toml"), &text, Path::new("."), &overrides).unwrap();
+        assert!(plan.hardened);
+        let settings = Settings::from_toml(Path::new("x"), &plan.config_toml, []).unwrap();
+        assert!(settings.hardening.enabled, "{}", plan.config_toml);
+        // The docker socket is root: the user is taken out, never put in.
+        for format in [Format::Shell, Format::PoolManager] {
+            let plan = Plan {
+                format,
+                ..plan.clone()
+            };
+            let script = String::from_utf8(crate::render(&plan, false).unwrap().bytes).unwrap();
+            assert!(script.contains("gpasswd -d 'runner' docker"), "{script}");
+            assert!(!script.contains("usermod -aG docker"), "{script}");
+        }
+    }
+    // Off by default: the user joins docker as before.
+    let plan = parse(&with_user).unwrap();
+    assert!(!plan.hardened);
+    assert!(
+        !plan.config_toml.contains("hardening"),
+        "{}",
+        plan.config_toml
+    );
+    let script = String::from_utf8(crate::render(&plan, false).unwrap().bytes).unwrap();
+    assert!(script.contains("usermod -aG docker 'runner'"), "{script}");
+}
+
+#[test]
+fn hardened_input_is_checked() {
+    let with_user = format!("{MINIMAL}user = \"runner\"\n");
+    let cases: &[(String, &str)] = &[
+        // The agent's parser refuses hardened mode without a runner user.
+        (
+            format!("hardened = true\n{MINIMAL}"),
+            "agent_config.hardening.enabled",
+        ),
+        (
+            format!("hardened = true\nrunner_user_sudo = true\n{with_user}"),
+            "`runner_user_sudo`: not with hardened mode",
+        ),
+        (
+            format!("hardened = true\n{with_user}[agent_config.hardening]\nenabled = false\n"),
+            "`agent_config.hardening.enabled`: false",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = error(text);
+        assert!(message.contains(expected), "{text}\n=> {message}");
+    }
+    // Set in [agent_config] directly, it counts as hardened too.
+    let plan = parse(&format!(
+        "{with_user}[agent_config.hardening]\nenabled = true\n"
+    ))
+    .unwrap();
+    assert!(plan.hardened);
+}
