@@ -218,6 +218,7 @@ Restart=on-failure
 RestartSec=5
 TimeoutStopSec=60
 KillMode=mixed
+Delegate=yes
 StateDirectory=runner-agent
 ConfigurationDirectory=runner-agent
 OOMPolicy=continue

@@ -40,6 +40,9 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         ),
         None => println!("last signal:  none"),
     }
+    if let Some(why) = &state.unclean {
+        println!("UNCLEAN:      {why} (claims are refused; replace the instance)");
+    }
     println!("registrations so far: {}", state.registration_counter);
     Ok(ExitCode::SUCCESS)
 }

@@ -95,6 +95,71 @@ struct Row {
     unit: &'static str,
 }
 
+/// Release -> signal with the reset doing real work: each run's job leaves
+/// ten running containers, each with a volume of its own, in a real
+/// dockerd; the reset removes them all before the signal.
+async fn reset_release_ms(runs: usize) -> Vec<f64> {
+    let dockerd = stack::docker::Dockerd::start();
+    let stack = Stack::start(StackOptions::default()).await;
+    let id = stack.instance_id.clone();
+    let cp = &stack.cp;
+    let host = dockerd.host();
+    let spec = AgentSpec {
+        production_timing: true,
+        reset: vec![
+            "docker = \"required\"".into(),
+            format!("docker_host = \"{host}\""),
+        ],
+        ..Default::default()
+    };
+    let agent = stack.spawn_agent(&spec);
+    let mut run = INITIAL_RUN_ID.to_owned();
+    let mut from = "created";
+    cp.wait_signal(&id, "UD_REG_OK", &run, WAIT)
+        .await
+        .expect("registered");
+    let mut samples = Vec::new();
+    for n in 0..runs {
+        let steps: String = (0..10)
+            .map(|i| {
+                format!(
+                    "docker --host '{host}' run -d --network none -v job-{n}-{i}:/data {} sleep 1000 >/dev/null\n",
+                    stack::docker::IMAGE
+                )
+            })
+            .collect();
+        stack.queue_steps(&run, &format!("{steps}echo steps done\n"));
+        let started = Instant::now();
+        while !stack.steps_log(&run).contains("steps done") {
+            assert!(started.elapsed() < WAIT, "steps: {}", stack.steps_log(&run));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cp.release(&id, &run, from).await;
+        let released = now_unix();
+        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
+            .await
+            .expect("released after a reset");
+        let entries = log_entries(&agent);
+        let signalled = entries
+            .iter()
+            .find(|e| {
+                e["message"] == "signal written"
+                    && e["signal"] == "UD_REMOVE_REG_REMOVE_RUN_OK"
+                    && e["run_id"] == run.as_str()
+            })
+            .expect("REMOVE_RUN_OK logged");
+        samples.push((unix_of(signalled) - released) * 1000.0);
+        assert_eq!(dockerd.lines(&["ps", "-aq"]).len(), 0, "containers left");
+        run = format!("7000-{n}");
+        from = "claimed";
+        cp.claim(&id, &run).await;
+        cp.wait_signal(&id, "UD_REG_OK", &run, WAIT)
+            .await
+            .expect("registered");
+    }
+    samples
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let claims = arg("--claims", 20) as usize;
@@ -292,6 +357,15 @@ async fn main() {
     cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
         .await
         .expect("released");
+
+    let reset_runs = arg("--reset-runs", 5) as usize;
+    let mut reset_ms = reset_release_ms(reset_runs).await;
+    rows.push(Row {
+        name: "release -> REMOVE_RUN_OK, 10 ctr+vol p50",
+        measured: percentile(&mut reset_ms, 50.0),
+        target: 1500.0,
+        unit: "ms",
+    });
 
     let peak = peak_rss_kib(pid) as f64 / 1024.0;
     rows.push(Row {
