@@ -126,6 +126,20 @@ impl Stack {
             .unwrap_or_default()
     }
 
+    /// Waits (up to 60 s) until the steps of `run_id`'s job printed `steps
+    /// done`; panics with what they printed.
+    pub async fn wait_steps(&self, run_id: &str) {
+        let started = std::time::Instant::now();
+        while !self.steps_log(run_id).contains("steps done") {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the steps of {run_id} did not finish: {}",
+                self.steps_log(run_id)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The fake runner's event log: (unix time, event line).
     pub fn runner_events(&self) -> Vec<(f64, String)> {
         std::fs::read_to_string(self.runner_log())

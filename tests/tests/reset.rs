@@ -2,7 +2,7 @@
 //! (tests/src/docker.rs), the fake runner running a job's steps as a child
 //! of its listener (as Runner.Worker does), and the control plane's driver.
 
-use stack::agent::AgentSpec;
+use stack::agent::{AgentProcess, AgentSpec};
 use stack::docker::{alive, Dockerd, IMAGE};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::collections::BTreeSet;
@@ -38,6 +38,35 @@ echo steps done
         home = home.display(),
         pidfile = pidfile.display(),
     )
+}
+
+/// Waits for the signal `state` for `run_id`; panics with the agent's log.
+async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
+    if let Err(last) = stack
+        .cp
+        .wait_signal(&stack.instance_id, state, run_id, SIGNAL_WAIT)
+        .await
+    {
+        panic!("no {state} for {run_id}: {last:?}\n{}", agent.log_text());
+    }
+}
+
+/// The initial run's release fails its reset, and the claim of `next` is
+/// refused.
+async fn expect_unclean(stack: &Stack, agent: &AgentProcess, next: &str) {
+    stack
+        .cp
+        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
+        .await;
+    expect(
+        stack,
+        agent,
+        "UD_REMOVE_REG_REMOVE_RUN_FAILED",
+        INITIAL_RUN_ID,
+    )
+    .await;
+    stack.cp.claim(&stack.instance_id, next).await;
+    expect(stack, agent, "UD_REG_FAILED", next).await;
 }
 
 fn set(lines: Vec<String>) -> BTreeSet<String> {
@@ -85,16 +114,7 @@ async fn ten_runs_leave_nothing_behind_but_the_caches() {
         let (run_id, from) = &previous;
         let pidfile = stack.dir.path().join(format!("daemon-{n}.pid"));
         stack.queue_steps(run_id, &messy_job(&host, &home, &n.to_string(), &pidfile));
-        let started = std::time::Instant::now();
-        while !stack.steps_log(run_id).contains("steps done") {
-            assert!(
-                started.elapsed() < SIGNAL_WAIT,
-                "run {n}: steps did not finish: {}\n{}",
-                stack.steps_log(run_id),
-                agent.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        stack.wait_steps(run_id).await;
         let daemon: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()
@@ -180,27 +200,10 @@ async fn docker_gone_fails_the_reset_and_refuses_the_next_claim() {
         ],
         ..Default::default()
     });
-    let id = stack.instance_id.clone();
     stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
     dockerd.lines(&["run", "-d", "--network", "none", IMAGE, "sleep", "1000"]);
     dockerd.stop();
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .cp
-        .wait_signal(
-            &id,
-            "UD_REMOVE_REG_REMOVE_RUN_FAILED",
-            INITIAL_RUN_ID,
-            SIGNAL_WAIT,
-        )
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
-    stack.cp.claim(&id, "4000").await;
-    stack
-        .cp
-        .wait_signal(&id, "UD_REG_FAILED", "4000", SIGNAL_WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    expect_unclean(&stack, &agent, "4000").await;
     assert_eq!(
         stack.count_events("CONFIGURE "),
         1,
@@ -223,12 +226,7 @@ async fn a_full_volume_fails_the_health_check() {
         reset: vec!["min_free_space = \"32MiB\"".into()],
         ..Default::default()
     });
-    let id = stack.instance_id.clone();
-    stack
-        .cp
-        .wait_signal(&id, "UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
     // Installed: _work becomes a small volume of its own.
     let volume = stack.runner_dir().join("_work");
     std::fs::create_dir_all(&volume).unwrap();
@@ -244,28 +242,8 @@ async fn a_full_volume_fails_the_health_check() {
         INITIAL_RUN_ID,
         "mkdir -p ../../_tool && head -c 40000000 /dev/zero > ../../_tool/big\necho steps done\n",
     );
-    let started = std::time::Instant::now();
-    while !stack.steps_log(INITIAL_RUN_ID).contains("steps done") {
-        assert!(
-            started.elapsed() < SIGNAL_WAIT,
-            "{}",
-            stack.steps_log(INITIAL_RUN_ID)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .cp
-        .wait_signal(
-            &id,
-            "UD_REMOVE_REG_REMOVE_RUN_FAILED",
-            INITIAL_RUN_ID,
-            SIGNAL_WAIT,
-        )
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
-    stack.cp.claim(&id, "5000").await;
-    stack.expect_signal("UD_REG_FAILED", "5000").await;
+    stack.wait_steps(INITIAL_RUN_ID).await;
+    expect_unclean(&stack, &agent, "5000").await;
     assert!(
         agent.log_text().contains("free on the runner's volume"),
         "{}",
@@ -298,15 +276,7 @@ async fn sigkill_during_a_reset_then_restart_finishes_it_before_the_signal() {
         INITIAL_RUN_ID,
         "for d in $(seq 1 300); do mkdir -p many/$d; (cd many/$d && touch $(seq 1 100)); done\necho steps done\n",
     );
-    let started = std::time::Instant::now();
-    while !stack.steps_log(INITIAL_RUN_ID).contains("steps done") {
-        assert!(
-            started.elapsed() < SIGNAL_WAIT,
-            "{}",
-            stack.steps_log(INITIAL_RUN_ID)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack.wait_steps(INITIAL_RUN_ID).await;
     stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
     let state = stack.dir.path().join("state/state.json");
     let started = std::time::Instant::now();
@@ -329,16 +299,13 @@ async fn sigkill_during_a_reset_then_restart_finishes_it_before_the_signal() {
         "signalled before the reset ended"
     );
     let again = stack.spawn_agent(&spec);
-    stack
-        .cp
-        .wait_signal(
-            &id,
-            "UD_REMOVE_REG_REMOVE_RUN_OK",
-            INITIAL_RUN_ID,
-            SIGNAL_WAIT,
-        )
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", again.log_text()));
+    expect(
+        &stack,
+        &again,
+        "UD_REMOVE_REG_REMOVE_RUN_OK",
+        INITIAL_RUN_ID,
+    )
+    .await;
     assert!(
         again.log_text().contains("resuming a reset"),
         "{}",

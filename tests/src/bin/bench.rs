@@ -129,11 +129,7 @@ async fn reset_release_ms(runs: usize) -> Vec<f64> {
             })
             .collect();
         stack.queue_steps(&run, &format!("{steps}echo steps done\n"));
-        let started = Instant::now();
-        while !stack.steps_log(&run).contains("steps done") {
-            assert!(started.elapsed() < WAIT, "steps: {}", stack.steps_log(&run));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        stack.wait_steps(&run).await;
         cp.release(&id, &run, from).await;
         let released = now_unix();
         cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
