@@ -202,7 +202,7 @@ async fn run_instance(
     };
     let cgroup = runner_cgroup(&settings, &id.instance_id);
     let host = LocalHost {
-        control: RunnerControl::new(&settings, user.clone(), cgroup.clone()),
+        control: RunnerControl::new(&settings, &id.instance_id, user.clone(), cgroup.clone()),
         resetter: Resetter::new(&settings, user.clone(), cgroup.clone()),
         settings,
         user,

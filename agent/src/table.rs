@@ -7,10 +7,12 @@ use crate::protocol::{
     ENTITY_WORKER_SIGNAL, HEARTBEAT_VALUE, PK_HEARTBEAT, PK_INSTANCE, PK_METADATA,
     PK_WORKER_SIGNAL, SK_REGISTRATION_TOKEN,
 };
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -27,6 +29,9 @@ pub struct Table {
     client: Client,
     name: String,
     instance_id: String,
+    /// BatchGetItem was refused by the instance role's policy (one narrowed
+    /// to GetItem/PutItem): claims are confirmed with two GetItems.
+    batch_denied: Arc<AtomicBool>,
 }
 
 impl Table {
@@ -34,6 +39,7 @@ impl Table {
         Table {
             client,
             name: name.to_owned(),
+            batch_denied: Arc::default(),
             instance_id: instance_id.to_owned(),
         }
     }
@@ -98,28 +104,37 @@ impl Table {
     pub async fn read_claim_and_token(
         &self,
     ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
+        if self.batch_denied.load(Ordering::Relaxed) {
+            return self.read_claim_and_token_apart().await;
+        }
         let keys = KeysAndAttributes::builder()
             .keys(self.instance_key())
             .keys(Self::token_key())
             .consistent_read(true)
             .build()
             .map_err(|e| self.error("BatchGetItem", e))?;
-        let out = self
+        let out = match self
             .client
             .batch_get_item()
             .request_items(&self.name, keys)
             .send()
             .await
-            .map_err(|e| self.error("BatchGetItem", e))?;
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("AccessDeniedException") => {
+                tracing::warn!(error = %DisplayErrorContext(&e), "BatchGetItem denied by the instance role's policy; confirming claims with two GetItems from now on");
+                self.batch_denied.store(true, Ordering::Relaxed);
+                return self.read_claim_and_token_apart().await;
+            }
+            Err(e) => return Err(self.error("BatchGetItem", e)),
+        };
         let unprocessed = out
             .unprocessed_keys
             .as_ref()
             .is_some_and(|u| u.values().any(|k| !k.keys.is_empty()));
         if unprocessed {
             // Throttled part of the batch: fall back to two plain reads.
-            let record = self.read_instance(true).await?;
-            let token = self.read_token().await?;
-            return Ok((record, token));
+            return self.read_claim_and_token_apart().await;
         }
         let mut record = None;
         let mut token = None;
@@ -139,6 +154,15 @@ impl Table {
                 _ => {}
             }
         }
+        Ok((record, token))
+    }
+
+    /// The same two items as two strongly consistent GetItems.
+    async fn read_claim_and_token_apart(
+        &self,
+    ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
+        let record = self.read_instance(true).await?;
+        let token = self.read_token().await?;
         Ok((record, token))
     }
 

@@ -63,6 +63,24 @@ pub struct Proxy {
     pub endpoint: String,
     counts: Arc<Mutex<Counts>>,
     down: Arc<AtomicBool>,
+    denied: Denied,
+}
+
+/// DynamoDB operations answered as a policy without them would be.
+type Denied = Arc<Mutex<std::collections::HashSet<String>>>;
+
+/// DynamoDB's answer to a call the caller's IAM policy does not allow:
+/// HTTP 400 with the JSON protocol's error shape, `__type` naming
+/// AccessDeniedException (what the SDK reads as the error code).
+fn access_denied(op: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"__type\":\"com.amazon.coral.service#AccessDeniedException\",\"Message\":\"User: arn:aws:sts::123456789012:assumed-role/runner/i-test is not authorized to perform: dynamodb:{op}\"}}"
+    );
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: DENIED\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl Proxy {
@@ -77,8 +95,13 @@ impl Proxy {
             endpoint: format!("http://{addr}"),
             counts: Arc::default(),
             down: Arc::default(),
+            denied: Arc::default(),
         };
-        let (counts, down) = (proxy.counts.clone(), proxy.down.clone());
+        let (counts, down, denied) = (
+            proxy.counts.clone(),
+            proxy.down.clone(),
+            proxy.denied.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if down.load(Ordering::SeqCst) {
@@ -86,9 +109,14 @@ impl Proxy {
                     continue;
                 }
                 counts.lock().unwrap().connections += 1;
-                let (upstream, counts, down) = (upstream.clone(), counts.clone(), down.clone());
+                let (upstream, counts, down, denied) = (
+                    upstream.clone(),
+                    counts.clone(),
+                    down.clone(),
+                    denied.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = relay(client, upstream, counts, down).await;
+                    let _ = relay(client, upstream, counts, down, denied).await;
                 });
             }
         });
@@ -103,6 +131,11 @@ impl Proxy {
         *self.counts.lock().unwrap() = Counts::default();
     }
 
+    /// Answers DynamoDB's `op` with AccessDeniedException from now on.
+    pub fn deny(&self, op: &str) {
+        self.denied.lock().unwrap().insert(op.to_owned());
+    }
+
     /// While down, connections are cut before any request reaches moto.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
@@ -114,6 +147,7 @@ async fn relay(
     upstream: String,
     counts: Arc<Mutex<Counts>>,
     down: Arc<AtomicBool>,
+    denied: Denied,
 ) -> std::io::Result<()> {
     let (client_read, mut client_write) = client.into_split();
     let mut reader = BufReader::new(client_read);
@@ -134,6 +168,12 @@ async fn relay(
                 .find_map(|kv| kv.strip_prefix("Action="))
                 .map(|op| ("ec2", op.to_owned())),
         };
+        if let Some(("dynamodb", name)) = op.as_ref().map(|(s, o)| (*s, o.as_str())) {
+            if denied.lock().unwrap().contains(name) {
+                client_write.write_all(&access_denied(name)).await?;
+                continue;
+            }
+        }
         if let Some((service, op)) = op {
             let mut c = counts.lock().unwrap();
             c.iam_actions.insert(format!("{service}:{op}"));

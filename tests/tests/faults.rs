@@ -384,3 +384,28 @@ async fn spot_notice_deregisters_at_once_and_signals() {
         "401 path not exercised"
     );
 }
+
+/// An instance role narrowed to GetItem/PutItem: BatchGetItem is denied
+/// (the proxy answers as DynamoDB does), and claims are confirmed with two
+/// strongly consistent GetItems instead, logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_without_batch_get_item_still_serves_claims() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.proxy.deny("BatchGetItem");
+    let agent = boot(&stack, &AgentSpec::default()).await;
+    let id = &stack.instance_id;
+    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
+    stack
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
+    for run in ["7100-1", "7100-2"] {
+        stack.cp.claim(id, run).await;
+        stack.expect_signal("UD_REG_OK", run).await;
+        stack.cp.release(id, run, "claimed").await;
+        stack
+            .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run)
+            .await;
+    }
+    let log = agent.log_text();
+    assert_eq!(log.matches("BatchGetItem denied").count(), 1, "{log}");
+}

@@ -75,6 +75,17 @@ async fn full_lifecycle_and_five_more_cycles() {
     assert_eq!(stack.count_events("TOKEN_ON_ARGV"), 0);
     assert_eq!(stack.count_events("JOB_START"), 1);
     assert_eq!(stack.count_events("JOB_END"), 1);
+    // Jobs see what the control plane's bash agent gave them.
+    let job_env = format!(
+        "JOB_ENV instance={id} table={} owner=acme repo=widgets",
+        cp.table
+    );
+    assert_eq!(
+        stack.count_events(&job_env),
+        1,
+        "{:?}",
+        stack.runner_events()
+    );
     assert!(
         !stack.runner_dir().join(".runner").exists(),
         "left registered"

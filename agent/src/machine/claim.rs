@@ -2,14 +2,11 @@
 //! runner for it.
 
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
-use crate::protocol::{RegistrationToken, Signal, TokenProblem};
+use crate::protocol::{judge_expiry, Expiry, RegistrationToken, Signal, TokenProblem};
 use crate::state::{Phase, Registration};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// After releasing a run, eventually consistent reads may still show its id
-/// for a moment; such reads are not a new claim.
-const RELEASED_ECHO_WINDOW: Duration = Duration::from_secs(5);
 /// config.sh attempts per token before `UD_REG_FAILED`: GitHub API blips
 /// are common, and the control plane fails the instance on the signal.
 const CONFIGURE_ATTEMPTS: u32 = 3;
@@ -24,7 +21,10 @@ enum Attempt {
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     /// Idle: polls the instance record (eventually consistent, cheap) until
     /// it names a run, then confirms the claim with a strongly consistent
-    /// read that also fetches the token.
+    /// read that also fetches the token. The confirming read, not a time
+    /// window, tells a lagging read of the run just released from a real
+    /// claim: the control plane's run id is the workflow run's, so the run
+    /// just released may claim this instance again at once.
     pub(super) async fn wait_for_claim(&mut self) -> Result<Phase, Interrupt> {
         let mut warned_missing = false;
         loop {
@@ -36,7 +36,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                         warned_missing = true;
                     }
                     if let Some(run_id) = record.and_then(|r| r.run_id) {
-                        if !self.is_release_echo(&run_id) {
+                        if !self.recently_declined(&run_id) {
                             if let Some(phase) = self.confirm_claim(run_id).await {
                                 return Ok(phase);
                             }
@@ -49,24 +49,39 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         }
     }
 
-    fn is_release_echo(&self, run_id: &str) -> bool {
-        self.released
+    /// A claim declined (expired) is confirmed again only once per claimed
+    /// poll: the record stays so until the control plane acts.
+    fn recently_declined(&self, run_id: &str) -> bool {
+        self.declined
             .as_ref()
-            .is_some_and(|(r, at)| r == run_id && at.elapsed() < RELEASED_ECHO_WINDOW)
+            .is_some_and(|(r, at)| r == run_id && at.elapsed() < self.setup.timing.claimed_poll)
     }
 
     async fn confirm_claim(&mut self, run_id: String) -> Option<Phase> {
         match self.world.pool.read_claim_and_token().await {
             Ok((record, token)) => {
                 self.observe(&record);
-                if record.and_then(|r| r.run_id).as_ref() == Some(&run_id) {
-                    tracing::info!(run_id = %run_id, "claimed");
-                    self.claim_token = token;
-                    return Some(Phase::Registering {
-                        run_id,
-                        runner_name: None,
-                    });
+                let record = record.filter(|r| r.run_id.as_ref() == Some(&run_id))?;
+                let now = self.world.clock.now_utc();
+                if let Expiry::Expired { threshold } =
+                    judge_expiry(record.threshold.as_deref(), now, Duration::ZERO)
+                {
+                    // Expired with the claim left in place (a stale
+                    // heartbeat): the instance is about to be terminated,
+                    // and a runner must not take a job now.
+                    if self.declined.as_ref().is_none_or(|(r, _)| r != &run_id) {
+                        tracing::warn!(run_id = %run_id, threshold = %crate::protocol::format_timestamp(threshold), "claim already expired; not registering until the control plane renews it");
+                    }
+                    self.declined = Some((run_id, Instant::now()));
+                    return None;
                 }
+                tracing::info!(run_id = %run_id, "claimed");
+                self.declined = None;
+                self.claim_token = token;
+                return Some(Phase::Registering {
+                    run_id,
+                    runner_name: None,
+                });
             }
             Err(e) => self.log_read_error("confirming a claim", &e),
         }
@@ -97,7 +112,6 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 Some(fresh) => token = fresh,
                 None => {
                     tracing::info!(run_id, "released before registration succeeded");
-                    self.released = Some((run_id.to_owned(), Instant::now()));
                     return Ok(Phase::Idle);
                 }
             }

@@ -77,9 +77,9 @@ pub struct Machine<P, H: RunnerHost, C> {
     runner_ready: Result<(), Arc<str>>,
     /// The token read with the claim, for the registration that follows.
     claim_token: Option<RegistrationToken>,
-    /// The run released last, and when: eventually consistent reads may
-    /// still show its id for a moment, and such reads are not a new claim.
-    released: Option<(String, Instant)>,
+    /// A claim seen expired, and when it was last checked: checked again
+    /// at the claimed poll, not at every idle poll.
+    declined: Option<(String, Instant)>,
     last_error_log: Option<Instant>,
 }
 
@@ -92,7 +92,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             runner: None,
             runner_ready: Ok(()),
             claim_token: None,
-            released: None,
+            declined: None,
             last_error_log: None,
         }
     }

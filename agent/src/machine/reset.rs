@@ -8,7 +8,6 @@ use super::signal::write_until_stored;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
 use crate::protocol::Signal;
 use crate::state::Phase;
-use tokio::time::Instant;
 
 /// The signal to write after a reset that failed.
 fn failed(signal: Signal) -> Signal {
@@ -39,7 +38,6 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         {
             self.record_signal(signal, &run_id);
         }
-        self.released = Some((run_id, Instant::now()));
         Ok(Phase::Idle)
     }
 

@@ -56,6 +56,12 @@ impl RunnerCgroup {
     /// Makes (or finds, after a restart) the group `name` beside the
     /// agent's own cgroup, in the best hierarchy the host has.
     pub fn create(name: &str) -> Result<RunnerCgroup, CgroupError> {
+        Self::create_in(name, true)
+    }
+
+    /// `v2_allowed: false` skips the unified hierarchy (the tests cover the
+    /// v1 freezer on hosts that have both).
+    fn create_in(name: &str, v2_allowed: bool) -> Result<RunnerCgroup, CgroupError> {
         let me =
             procfs::process::Process::myself().map_err(|e| CgroupError::Proc(e.to_string()))?;
         let mounts = me
@@ -81,7 +87,12 @@ impl RunnerCgroup {
             .iter()
             .find(|g| g.controllers.iter().any(|c| c == "freezer"))
             .map(|g| g.pathname.as_str());
-        let (kind, parent) = if let Some(dir) = place("cgroup2", &|_| true, v2_own) {
+        let v2 = if v2_allowed {
+            place("cgroup2", &|_| true, v2_own)
+        } else {
+            None
+        };
+        let (kind, parent) = if let Some(dir) = v2 {
             (Kind::V2, dir)
         } else if let Some(dir) = place(
             "cgroup",
@@ -200,10 +211,9 @@ mod tests {
 
     /// A shell in the group that double-forks a `setsid` daemon and a
     /// background sleeper: all of them die with the group.
-    #[tokio::test]
-    async fn kills_every_process_born_in_the_group_however_it_left() {
-        let name = format!("ra-unit-{}", std::process::id());
-        let cgroup = match RunnerCgroup::create(&name) {
+    async fn kills_every_process_born_in_the_group(v2_allowed: bool, kind: Kind) {
+        let name = format!("ra-unit-{}-{v2_allowed}", std::process::id());
+        let cgroup = match RunnerCgroup::create_in(&name, v2_allowed) {
             Ok(c) => c,
             Err(e) => {
                 // Not root or no cgroupfs: nothing here can be tested.
@@ -211,6 +221,11 @@ mod tests {
                 return;
             }
         };
+        if cgroup.kind != kind {
+            eprintln!("skipped: this host gave {}", cgroup.describe());
+            cgroup.remove();
+            return;
+        }
         let procs = cgroup.procs_file().unwrap();
         let mut command = std::process::Command::new("sh");
         command.args([
@@ -234,5 +249,16 @@ mod tests {
         let _ = child.wait();
         cgroup.remove();
         assert!(!cgroup.dir.exists());
+    }
+
+    #[tokio::test]
+    async fn kills_every_process_born_in_a_v2_group_however_it_left() {
+        kills_every_process_born_in_the_group(true, Kind::V2).await;
+    }
+
+    /// The v1 freezer path, on hosts with v1 (alone or beside v2).
+    #[tokio::test]
+    async fn kills_every_process_born_in_a_v1_freezer_group_however_it_left() {
+        kills_every_process_born_in_the_group(false, Kind::V1Freezer).await;
     }
 }

@@ -29,6 +29,12 @@ const REGISTRATION_FILES: &[&str] = &[
     ".credentials_migrated",
 ];
 
+/// `config.sh remove` talks to GitHub; past this, only the local
+/// registration is removed.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `config.sh remove --local` touches only files.
+const LOCAL_REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the agent keeps its job hooks inside the runner directory (owned
 /// by the runner user, so the hooks can write the marker).
 const HOOK_DIR: &str = ".runner-agent";
@@ -68,6 +74,9 @@ pub struct RunnerControl {
     /// Where every process the runner starts is born, when the host has
     /// cgroups the agent can use.
     cgroup: Option<Arc<RunnerCgroup>>,
+    /// What jobs find in their environment, as under the control plane's
+    /// bash agent: INSTANCE_ID, TABLE_NAME, GH_OWNER, GH_REPO.
+    job_env: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +91,18 @@ pub enum RemoveOutcome {
 impl RunnerControl {
     pub fn new(
         settings: &Settings,
+        instance_id: &str,
         user: Option<RunnerUser>,
         cgroup: Option<Arc<RunnerCgroup>>,
     ) -> RunnerControl {
         RunnerControl {
             cgroup,
+            job_env: vec![
+                ("INSTANCE_ID", instance_id.to_owned()),
+                ("TABLE_NAME", settings.table.clone()),
+                ("GH_OWNER", settings.github.owner.clone()),
+                ("GH_REPO", settings.github.repo.clone()),
+            ],
             dir: settings.runner.install_dir.clone(),
             user,
             allow_root: settings.runner.allow_run_as_root,
@@ -244,29 +260,35 @@ impl RunnerControl {
     /// Deregisters: `config.sh remove` with the token when there is one (the
     /// control plane only publishes registration tokens; GitHub may refuse
     /// them for removal), else or then `config.sh remove --local`, so the
-    /// next registration starts clean whatever GitHub said.
+    /// next registration starts clean whatever GitHub said. Each is bounded
+    /// (a slow GitHub must not hold the release signal past the control
+    /// plane's 120 s); the script's process group dies with its timeout.
     pub async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
         if let Some(token) = token {
             let mut command = self.command("config.sh");
             command
                 .args(["remove", "--unattended"])
                 .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
-            match self
-                .run_to_end(command, "config.sh", "config.sh remove")
-                .await
-            {
-                Ok(()) if !self.is_configured() => return Ok(RemoveOutcome::Server),
-                Ok(()) => {}
-                Err(e) => {
+            let server = self.run_to_end(command, "config.sh", "config.sh remove");
+            match tokio::time::timeout(REMOVE_TIMEOUT, server).await {
+                Ok(Ok(())) if !self.is_configured() => return Ok(RemoveOutcome::Server),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "removing the runner from GitHub failed; removing the local registration only")
                 }
+                Err(_) => tracing::warn!(
+                    timeout = ?REMOVE_TIMEOUT,
+                    "GitHub did not answer the runner's removal in time; removing the local registration only"
+                ),
             }
         }
         let mut command = self.command("config.sh");
         command.args(["remove", "--local"]);
-        let local = self
-            .run_to_end(command, "config.sh", "config.sh remove --local")
-            .await;
+        let local = self.run_to_end(command, "config.sh", "config.sh remove --local");
+        let local = match tokio::time::timeout(LOCAL_REMOVE_TIMEOUT, local).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no exit within {LOCAL_REMOVE_TIMEOUT:?}")),
+        };
         // Older runners lack --local; the files are all it removes anyway.
         for file in REGISTRATION_FILES {
             let _ = std::fs::remove_file(self.dir.join(file));
@@ -282,6 +304,7 @@ impl RunnerControl {
         self.clear_job_marker();
         let mut command = self.command("run.sh");
         let hooks = self.hook_dir();
+        command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
         command
             .env("RUNNER_MANUALLY_TRAP_SIG", "1")
             .env(
@@ -415,4 +438,39 @@ pub fn forward_output(
         }
         .in_current_span(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    /// GitHub never answers `config.sh remove`: the local registration is
+    /// removed within the timeouts, so the release's signal is not held.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_removal_on_github_falls_back_to_the_local_one_in_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "table = \"pool\"\n[github]\nurl = \"https://github.com/acme/widgets\"\n[runner]\nversion = \"2.321.0\"\ninstall_dir = \"{}\"\n",
+            dir.path().display()
+        );
+        let settings = Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap();
+        let control = RunnerControl::new(&settings, "i-0123", None, None);
+        let script = dir.path().join("config.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$*\" in *--local*) rm -f .runner; exit 0;; esac\nexec sleep 1000\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join(".runner"), "{}").unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = control.remove(Some("TOKEN")).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(outcome, RemoveOutcome::LocalOnly);
+        assert!(took >= REMOVE_TIMEOUT, "{took:?}");
+        assert!(took <= REMOVE_TIMEOUT + LOCAL_REMOVE_TIMEOUT, "{took:?}");
+        assert!(!control.is_configured());
+    }
 }

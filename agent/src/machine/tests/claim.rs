@@ -182,24 +182,66 @@ async fn a_stale_read_of_a_claim_is_not_a_claim_until_confirmed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_released_run_seen_again_within_the_echo_window_is_not_a_new_claim() {
+async fn lagging_reads_of_the_released_run_are_not_a_new_claim() {
     let h = Harness::started_and_serving().await;
     h.pool.release();
     h.wait_signal(Signal::RemoveRegRemoveRunOk, INITIAL_RUN)
         .await;
-    // Eventually consistent reads lag: they still name the released run.
+    // Eventually consistent reads lag: they still name the released run;
+    // the confirming read does not.
     h.pool.lock().stale = Some(Some(InstanceRecord {
         run_id: Some(INITIAL_RUN.into()),
         ..Default::default()
     }));
     let confirms = h.pool.lock().consistent_reads;
     h.idle_for(Duration::from_secs(3)).await;
-    assert_eq!(
-        h.pool.lock().consistent_reads,
-        confirms,
-        "no confirming reads for an echo"
+    assert!(
+        h.pool.lock().consistent_reads > confirms,
+        "each one confirmed"
     );
     assert_eq!(h.host.lock().configures.len(), 1);
+    assert_eq!(h.saved().phase.name(), "idle");
+}
+
+/// Provision jobs of one workflow run, and re-runs, share its run id: the
+/// run just released claims again at once, and registers as fast as any
+/// claim (the control plane waits 10 s).
+#[tokio::test(start_paused = true)]
+async fn the_run_just_released_claiming_again_at_once_registers_within_300_ms() {
+    let h = Harness::started_and_serving().await;
+    h.pool.release();
+    h.wait_signal(Signal::RemoveRegRemoveRunOk, INITIAL_RUN)
+        .await;
+    h.pool.claim(INITIAL_RUN);
+    let claimed = tokio::time::Instant::now();
+    h.wait_until("second UD_REG_OK", |h| {
+        h.pool.count(Signal::RegOk, INITIAL_RUN) == 2
+    })
+    .await;
+    let took = claimed.elapsed();
+    assert!(took <= Duration::from_millis(300), "{took:?}");
+}
+
+/// A claimed record whose threshold is already past (the control plane
+/// expired it on a stale heartbeat and left the claim): no registration,
+/// so no runner takes a job on an instance about to go; a renewed
+/// threshold registers at once.
+#[tokio::test(start_paused = true)]
+async fn an_expired_claim_is_not_registered_until_renewed() {
+    let h = Harness::started_and_idle().await;
+    h.pool.set_threshold(Some(&h.clock.stamp(-300)));
+    h.pool.claim("2001");
+    h.idle_for(Duration::from_secs(30)).await;
+    assert_eq!(h.pool.count(Signal::RegOk, "2001"), 0);
+    assert_eq!(h.pool.count(Signal::RegFailed, "2001"), 0);
+    assert_eq!(h.host.lock().configures.len(), 1);
+    // Checked again at the claimed poll (2 s), not every idle poll.
+    let confirms = h.pool.lock().consistent_reads;
+    h.idle_for(Duration::from_secs(10)).await;
+    let again = h.pool.lock().consistent_reads - confirms;
+    assert!((4..=6).contains(&again), "{again} confirming reads in 10 s");
+    h.pool.set_threshold(Some(&h.clock.stamp(300)));
+    h.wait_signal(Signal::RegOk, "2001").await;
 }
 
 #[tokio::test(start_paused = true)]
