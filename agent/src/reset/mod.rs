@@ -190,11 +190,9 @@ impl Resetter {
                 format!("{n} processes killed (cgroup)")
             }
             None => {
-                let groups = crate::runner::tree::groups_in_dir(&self.install_dir);
-                for pgid in &groups {
-                    crate::runner::tree::stop_tree(*pgid, self.stop_timeout).await;
-                }
-                format!("{} process groups stopped (no cgroup)", groups.len())
+                let n =
+                    crate::runner::tree::stop_groups_in(&self.install_dir, self.stop_timeout).await;
+                format!("{n} process groups stopped (no cgroup)")
             }
         };
         if let Some(user) = &self.user {

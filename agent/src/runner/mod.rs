@@ -346,10 +346,7 @@ impl RunnerControl {
     /// Stops every process working in the runner directory: runners left by
     /// an earlier agent process whose state was lost.
     pub async fn stop_strays(&self) {
-        for pgid in tree::groups_in_dir(&self.dir) {
-            tracing::warn!(%pgid, "stopping a stray runner process group");
-            tree::stop_tree(pgid, self.stop_timeout).await;
-        }
+        tree::stop_groups_in(&self.dir, self.stop_timeout).await;
     }
 }
 

@@ -142,6 +142,17 @@ pub fn groups_in_dir(dir: &Path) -> HashSet<Pgid> {
         .collect()
 }
 
+/// Stops every process group working in `dir` (SIGTERM, SIGKILL after
+/// `grace`); returns how many there were.
+pub async fn stop_groups_in(dir: &Path, grace: Duration) -> usize {
+    let groups = groups_in_dir(dir);
+    for pgid in &groups {
+        tracing::warn!(%pgid, "stopping a stray runner process group");
+        stop_tree(*pgid, grace).await;
+    }
+    groups.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
