@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::expiry::{SelfTermination, Watchdog};
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
 use crate::machine::world::LocalHost;
-use crate::machine::{Events, Interrupt, Machine, Setup, SystemClock, Timing, World};
+use crate::machine::{Events, Machine, Setup, SystemClock, Timing, World};
 use crate::reset::cgroup::RunnerCgroup;
 use crate::reset::Resetter;
 use crate::runner::user::RunnerUser;
@@ -176,7 +176,7 @@ async fn run_instance(
     };
     tasks.spawn(watchdog.run(stop.clone()).in_current_span());
     tasks.spawn(
-        crate::spot::watch_for_interruption(
+        crate::spot::watch_for_notices(
             imds,
             settings.timing.spot_poll_interval,
             spot_tx,
@@ -194,9 +194,10 @@ async fn run_instance(
             idle_poll: settings.timing.idle_poll_interval,
             claimed_poll: settings.timing.claimed_poll_interval,
             job_poll: settings.timing.job_poll_interval,
+            spot_job_margin: settings.timing.spot_job_margin,
         },
         store,
-        events: events.clone(),
+        events,
         observations: obs_tx,
         heartbeat: heartbeat_stop,
     };
@@ -212,11 +213,9 @@ async fn run_instance(
         host,
         clock: SystemClock,
     };
-    let machine = Machine::new(world, setup, state);
-    if machine.run().await == Interrupt::Spot {
-        // The instance goes away within two minutes: wait to be stopped.
-        events.shutdown().await;
-    }
+    // Returns at shutdown (also after a notice: the machine stays out of
+    // the pool until then).
+    Machine::new(world, setup, state).run().await;
     crate::notify::stopping();
     stop.cancel();
     join_all(tasks).await;

@@ -131,4 +131,9 @@ impl Imds {
     pub async fn spot_instance_action(&self) -> Result<Option<String>, MetadataError> {
         self.get("meta-data/spot/instance-action").await
     }
+
+    /// The rebalance recommendation (its JSON), if EC2 has made one.
+    pub async fn rebalance_recommendation(&self) -> Result<Option<String>, MetadataError> {
+        self.get("meta-data/events/recommendations/rebalance").await
+    }
 }

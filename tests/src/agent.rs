@@ -2,7 +2,7 @@
 //! run as a process with a config file and an environment that points every
 //! AWS call at loopback.
 
-use crate::Stack;
+use crate::{Stack, INITIAL_RUN_ID};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -184,6 +184,27 @@ impl Stack {
 
     /// Installs the runner the way an image bake does (`runner-agent
     /// install`), so the agent finds it already unpacked.
+    /// Starts the agent and waits until it is registered for the initial
+    /// run and its listener runs.
+    pub async fn boot_agent(&self, spec: &AgentSpec) -> AgentProcess {
+        const WAIT: Duration = Duration::from_secs(30);
+        let agent = self.spawn_agent(spec);
+        self.cp
+            .wait_signal(&self.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
+            .await
+            .unwrap_or_else(|last| panic!("not registered: {last:?}\n{}", agent.log_text()));
+        let started = std::time::Instant::now();
+        while self.count_events("LISTENER_START") == 0 {
+            assert!(
+                started.elapsed() < WAIT,
+                "runner never started\n{}",
+                agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        agent
+    }
+
     pub async fn preinstall_runner(&self, spec: &AgentSpec) {
         self.write_config(spec);
         let out = self

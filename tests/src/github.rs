@@ -106,12 +106,16 @@ fn handle(state: &Mutex<GithubState>, req: Request<Incoming>) -> Reply {
 /// The fake runner as a release tarball: `./`-prefixed entries, executable
 /// scripts, like the real one.
 pub fn fake_runner_tarball() -> Vec<u8> {
-    let files: [(&str, &str); 3] = [
+    let files: [(&str, &str); 4] = [
         ("./config.sh", include_str!("../fake-runner/config.sh")),
         ("./run.sh", include_str!("../fake-runner/run.sh")),
         (
             "./bin/Runner.Listener",
             include_str!("../fake-runner/bin/Runner.Listener"),
+        ),
+        (
+            "./bin/Runner.Worker",
+            include_str!("../fake-runner/bin/Runner.Worker"),
         ),
     ];
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -19,6 +19,9 @@ pub struct ImdsState {
     pub tags: BTreeMap<String, String>,
     pub tags_in_metadata: bool,
     pub spot_notice: Option<String>,
+    /// `events/recommendations/rebalance`: `{"noticeTime": ..}` once EC2
+    /// recommends it, 404 before, as the real endpoint.
+    pub rebalance: Option<String>,
     tokens: HashMap<String, Instant>,
     issued: u64,
     pub requests: u64,
@@ -58,6 +61,10 @@ impl FakeImds {
             state,
             endpoint: format!("http://{addr}"),
         }
+    }
+
+    pub fn set_rebalance(&self, notice: &str) {
+        self.state.lock().unwrap().rebalance = Some(notice.into());
     }
 
     pub fn set_spot_notice(&self, notice: &str) {
@@ -115,6 +122,7 @@ fn handle(state: &Mutex<ImdsState>, req: Request<Incoming>) -> Reply {
             Some(s.tags.keys().cloned().collect::<Vec<_>>().join("\n"))
         }
         "spot/instance-action" => s.spot_notice.clone(),
+        "events/recommendations/rebalance" => s.rebalance.clone(),
         other => other
             .strip_prefix("tags/instance/")
             .filter(|_| s.tags_in_metadata)

@@ -56,6 +56,7 @@ fn shell_scripts() -> Vec<PathBuf> {
         "tests/fake-runner/config.sh",
         "tests/fake-runner/run.sh",
         "tests/fake-runner/bin/Runner.Listener",
+        "tests/fake-runner/bin/Runner.Worker",
         "scripts/test",
         "scripts/demo",
         "scripts/bench",

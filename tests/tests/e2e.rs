@@ -8,5 +8,6 @@ mod faults;
 mod hardened;
 mod lifecycle;
 mod reset;
+mod supervision;
 mod userdata;
 mod userdata_e2e;

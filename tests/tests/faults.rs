@@ -7,24 +7,8 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Starts the agent and waits until it is registered for the initial run.
 async fn boot(stack: &Stack, spec: &AgentSpec) -> AgentProcess {
-    let agent = stack.spawn_agent(spec);
-    stack
-        .cp
-        .wait_signal(&stack.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("not registered: {last:?}\n{}", agent.log_text()));
-    let started = Instant::now();
-    while stack.count_events("LISTENER_START") == 0 {
-        assert!(
-            started.elapsed() < WAIT,
-            "runner never started\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    agent
+    stack.boot_agent(spec).await
 }
 
 /// Boots an agent until it is registered, then SIGKILLs it: the runner is

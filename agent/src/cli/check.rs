@@ -161,7 +161,7 @@ fn runner_dir(settings: &Settings) -> Result<String, String> {
     let version = &settings.runner.version;
     match install::installed_version(dir) {
         Some(v) if &v == version => {
-            for script in ["config.sh", "run.sh"] {
+            for script in ["config.sh", "bin/Runner.Listener"] {
                 if !dir.join(script).is_file() {
                     return Err(format!("{} lacks {script}", dir.display()));
                 }

@@ -1,7 +1,10 @@
 //! The two things that end a wait early: shutdown (SIGTERM/SIGINT) and a
-//! spot interruption notice. Shutdown is a `CancellationToken`, the one
-//! mechanism the agent uses to stop anything; the spot notice is a value.
+//! notice from EC2 (spot interruption, rebalance recommendation). Shutdown
+//! is a `CancellationToken`, the one mechanism the agent uses to stop
+//! anything; a notice is a value, since how soon it ends the current work
+//! depends on whether a job runs (`serve.rs`).
 
+use crate::spot::Notice;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -11,30 +14,36 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupt {
     Shutdown,
-    Spot,
+    /// A notice from EC2: the instance leaves the pool.
+    Notice,
 }
 
 /// Cheap to clone; every clone sees the same events.
 #[derive(Clone)]
 pub struct Events {
     shutdown: CancellationToken,
-    spot: watch::Receiver<Option<String>>,
+    notices: watch::Receiver<Option<Notice>>,
 }
 
 impl Events {
-    pub fn new(shutdown: CancellationToken, spot: watch::Receiver<Option<String>>) -> Events {
-        Events { shutdown, spot }
+    pub fn new(shutdown: CancellationToken, notices: watch::Receiver<Option<Notice>>) -> Events {
+        Events { shutdown, notices }
+    }
+
+    /// The newest notice, if any.
+    pub fn notice(&self) -> Option<Notice> {
+        self.notices.borrow().clone()
     }
 
     /// Resolves at the first event.
     pub async fn wait(&self) -> Interrupt {
-        let mut spot = self.spot.clone();
+        let mut notices = self.notices.clone();
         // `wait_for`'s guard is not Send: reduce it to a bool at once.
-        let notice = async move { spot.wait_for(Option::is_some).await.is_ok() };
+        let notice = async move { notices.wait_for(Option::is_some).await.is_ok() };
         tokio::select! {
             _ = self.shutdown.cancelled() => Interrupt::Shutdown,
-            true = notice => Interrupt::Spot,
-            // The spot watcher is gone without a notice: only shutdown is
+            true = notice => Interrupt::Notice,
+            // The notice watcher is gone without a notice: only shutdown is
             // left to wait for.
             else => {
                 self.shutdown.cancelled().await;
@@ -43,7 +52,17 @@ impl Events {
         }
     }
 
-    /// Waits for shutdown alone (a spot notice has been handled already).
+    /// Resolves when the notice changes (a rebalance recommendation
+    /// followed by an interruption), never if the watcher is gone.
+    pub async fn notice_changed(&self) {
+        let mut notices = self.notices.clone();
+        notices.mark_unchanged();
+        if notices.changed().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// Waits for shutdown alone (a notice has been handled already).
     pub async fn shutdown(&self) {
         self.shutdown.cancelled().await
     }
@@ -53,6 +72,15 @@ impl Events {
         tokio::select! {
             out = work => Ok(out),
             i = self.wait() => Err(i),
+        }
+    }
+
+    /// Runs `work` unless shutdown comes first: for waits a notice must not
+    /// cut short (a job running under one).
+    pub async fn guard_shutdown<F: Future>(&self, work: F) -> Result<F::Output, Interrupt> {
+        tokio::select! {
+            out = work => Ok(out),
+            _ = self.shutdown.cancelled() => Err(Interrupt::Shutdown),
         }
     }
 
@@ -67,15 +95,22 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_and_spot_end_waits() {
+    async fn shutdown_and_notices_end_waits() {
         let token = CancellationToken::new();
-        let (spot_tx, spot_rx) = watch::channel(None);
-        let events = Events::new(token.clone(), spot_rx);
+        let (notice_tx, notice_rx) = watch::channel(None);
+        let events = Events::new(token.clone(), notice_rx);
         assert_eq!(events.sleep(Duration::from_secs(1)).await, Ok(()));
-        spot_tx.send_replace(Some("{}".into()));
+        notice_tx.send_replace(Some(Notice::Rebalance));
         assert_eq!(
             events.sleep(Duration::from_secs(3600)).await,
-            Err(Interrupt::Spot)
+            Err(Interrupt::Notice)
+        );
+        assert_eq!(
+            events
+                .guard_shutdown(tokio::time::sleep(Duration::from_secs(5)))
+                .await,
+            Ok(()),
+            "a notice does not end a shutdown-only wait"
         );
         let (_tx, quiet) = watch::channel(None);
         let events = Events::new(token.clone(), quiet);
@@ -84,11 +119,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_dropped_spot_watcher_leaves_shutdown() {
+    async fn a_dropped_notice_watcher_leaves_shutdown() {
         let token = CancellationToken::new();
-        let (spot_tx, spot_rx) = watch::channel(None);
-        drop(spot_tx);
-        let events = Events::new(token.clone(), spot_rx);
+        let (notice_tx, notice_rx) = watch::channel(None);
+        drop(notice_tx);
+        let events = Events::new(token.clone(), notice_rx);
         assert_eq!(
             events.sleep(Duration::from_secs(60)).await,
             Ok(()),

@@ -1,6 +1,6 @@
 //! The lifecycle as a state machine: boot, install, then for ever
-//! idle → registering → serving → releasing → idle, until shutdown or a
-//! spot notice. Each state has one short async function that returns the
+//! idle → registering → serving → releasing → resetting → idle, until
+//! shutdown or a notice from EC2 (spot interruption, rebalance). Each state has one short async function that returns the
 //! next state (`claim.rs`, `serve.rs`, `release.rs`); this file drives them
 //! and owns what every state shares: the persisted state, signals,
 //! observations for the expiry watchdog.
@@ -12,6 +12,7 @@
 mod boot;
 mod claim;
 pub mod events;
+mod leave;
 mod release;
 mod reset;
 mod serve;
@@ -39,6 +40,8 @@ pub struct Timing {
     pub idle_poll: Duration,
     pub claimed_poll: Duration,
     pub job_poll: Duration,
+    /// What a job under a spot notice leaves of the notice's two minutes.
+    pub spot_job_margin: Duration,
 }
 
 /// The parts of the world the machine talks to.
@@ -59,7 +62,7 @@ pub struct Setup {
     /// The newest read of the instance record, for the expiry watchdog.
     pub observations: watch::Sender<Option<Observation>>,
     /// Stops the heartbeat: once the control plane should stop counting on
-    /// this instance (after `UD_FAILED`, after a spot notice).
+    /// this instance (after `UD_FAILED`, after a notice).
     pub heartbeat: CancellationToken,
 }
 
@@ -70,7 +73,7 @@ pub struct Machine<P, H: RunnerHost, C> {
     world: World<P, H, C>,
     setup: Setup,
     state: AgentState,
-    /// The `run.sh` we supervise, while serving.
+    /// The listener we supervise, while serving.
     runner: Option<H::Runner>,
     /// `Err` when the runner could not be installed: claims are answered
     /// with `UD_REG_FAILED` and nothing runs.
@@ -80,6 +83,9 @@ pub struct Machine<P, H: RunnerHost, C> {
     /// A claim seen expired, and when it was last checked: checked again
     /// at the claimed poll, not at every idle poll.
     declined: Option<(String, Instant)>,
+    /// The run whose registration a notice ended: its release is answered
+    /// while out of the pool.
+    left_run: Option<String>,
     last_error_log: Option<Instant>,
 }
 
@@ -93,18 +99,21 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             runner_ready: Ok(()),
             claim_token: None,
             declined: None,
+            left_run: None,
             last_error_log: None,
         }
     }
 
-    /// Runs until shutdown or a spot notice, does what leaving requires,
-    /// and returns which it was.
+    /// Runs until shutdown, does what leaving requires, and returns what
+    /// ended the lifecycle. After a notice from EC2 the instance is out of
+    /// the pool: it answers claims with `UD_REG_FAILED` until shutdown.
     pub async fn run(mut self) -> Interrupt {
         let Err(interrupt) = self.drive().await;
         self.finish(interrupt).await;
-        if interrupt == Interrupt::Spot {
-            // The instance goes away within two minutes.
+        if interrupt == Interrupt::Notice {
+            // The control plane should stop counting on this instance.
             self.setup.heartbeat.cancel();
+            self.out_of_pool().await;
         }
         interrupt
     }

@@ -1,5 +1,6 @@
-//! Leaving a registration: on release (releasing → idle), on shutdown or a
-//! spot notice (the final steps), and picking one up after a restart.
+//! Leaving a registration: on release (releasing → idle), on shutdown (the
+//! final steps; a notice's are in `leave.rs`), and picking one up after a
+//! restart.
 
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::Signal;
@@ -8,9 +9,9 @@ use crate::state::{Phase, Registration};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Everything done on SIGTERM or a spot notice, inside systemd's stop
-/// timeout and the 30 s the agent promises.
-const FINISH_BUDGET: Duration = Duration::from_secs(25);
+/// Everything done on SIGTERM or a notice, inside systemd's stop timeout
+/// and the 30 s the agent promises.
+pub(super) const FINISH_BUDGET: Duration = Duration::from_secs(25);
 /// Of the stop budget, what the signal after a reset keeps for itself.
 const SIGNAL_RESERVE: Duration = Duration::from_secs(5);
 /// Deregistration reads the current token; it must not hold up a stop.
@@ -26,6 +27,12 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     ) -> Result<Phase, Interrupt> {
         let run_id = registration.run_id.clone();
         self.dismantle(registration, signal).await;
+        if self.setup.events.notice().is_some() {
+            // Leaving the pool: no reset, and `leave` answers the release
+            // as failed so the instance is not pooled again.
+            self.enter(Phase::Resetting { run_id, signal });
+            return Err(Interrupt::Notice);
+        }
         self.reset(run_id, signal).await
     }
 
@@ -33,7 +40,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     /// registration stays in the state until its signal is stored, so that
     /// a crash before then makes the next start deregister (a no-op) and
     /// signal again.
-    async fn dismantle(&mut self, mut registration: Registration, signal: Signal) {
+    pub(super) async fn dismantle(&mut self, mut registration: Registration, signal: Signal) {
         self.enter(Phase::Releasing {
             registration: registration.clone(),
             signal,
@@ -71,7 +78,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         });
     }
 
-    /// Final steps on shutdown or a spot notice, within `FINISH_BUDGET`
+    /// Final steps on shutdown or a notice, within `FINISH_BUDGET`
     /// whatever DynamoDB or GitHub do.
     pub(super) async fn finish(&mut self, interrupt: Interrupt) {
         let deadline = Instant::now() + FINISH_BUDGET;
@@ -113,42 +120,8 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     }
                 }
             }
-            (Interrupt::Spot, Some(registration)) => {
-                // The instance goes within two minutes: no reset.
-                if self
-                    .leave(registration, Signal::SpotInterrupted, deadline)
-                    .await
-                {
-                    self.enter(Phase::SpotInterrupted);
-                }
-            }
-            (Interrupt::Spot, None) => {
-                // Not registered: the signal is about the run the record
-                // names, if any, so a claim in flight fails at once.
-                let current = self
-                    .setup
-                    .observations
-                    .borrow()
-                    .clone()
-                    .and_then(|o| o.record)
-                    .and_then(|r| r.run_id)
-                    .unwrap_or_default();
-                self.signal_by(Signal::SpotInterrupted, &current, deadline)
-                    .await;
-                self.enter(Phase::SpotInterrupted);
-            }
+            (Interrupt::Notice, registration) => self.leave(registration, deadline).await,
         }
-    }
-
-    async fn leave(
-        &mut self,
-        registration: Registration,
-        signal: Signal,
-        deadline: Instant,
-    ) -> bool {
-        let run_id = registration.run_id.clone();
-        self.dismantle(registration, signal).await;
-        self.signal_by(signal, &run_id, deadline).await
     }
 
     /// On the way out: the reset and the signal within `deadline`. A reset

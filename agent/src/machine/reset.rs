@@ -10,7 +10,7 @@ use crate::protocol::Signal;
 use crate::state::Phase;
 
 /// The signal to write after a reset that failed.
-fn failed(signal: Signal) -> Signal {
+pub(super) fn failed(signal: Signal) -> Signal {
     match signal {
         Signal::RemoveRegRemoveRunOk => Signal::RemoveRegRemoveRunFailed,
         other => other,

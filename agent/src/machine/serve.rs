@@ -3,6 +3,8 @@
 
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::Signal;
+use crate::runner::exit::ListenerExit;
+use crate::spot::Notice;
 use crate::state::Phase;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,17 +42,30 @@ impl Restarts {
     }
 }
 
+/// A notice that came while a job runs: when the job is stopped.
+struct Deferred {
+    notice: Notice,
+    /// `None`: when the job ends (a rebalance recommendation).
+    stop_at: Option<Instant>,
+}
+
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     /// Keeps the runner running while the claim on `run_id` holds. While a
     /// job runs (the runner's job hooks say so) the table is read once per
     /// job poll, otherwise once per claimed poll; the marker is checked
     /// every `MARKER_POLL`, so the end of a job brings the next read
     /// forward at once.
+    ///
+    /// A notice from EC2 ends serving at once when no job runs. A running
+    /// job is left to finish: under a rebalance recommendation until it
+    /// ends, under a spot interruption until the notice's time minus
+    /// `spot_job_margin`, which leaves the margin for deregistering.
     pub(super) async fn serve(&mut self, run_id: &str) -> Result<Phase, Interrupt> {
         let events = self.setup.events.clone();
         let mut restarts = Restarts::new();
         let mut last_read = Instant::now();
         let mut job_was_active = false;
+        let mut deferred: Option<Deferred> = None;
         loop {
             if self.runner.is_none() && Instant::now() >= restarts.not_before {
                 self.start_runner(&mut restarts);
@@ -60,6 +75,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 tracing::info!(run_id, job_active, "job hook");
                 job_was_active = job_active;
             }
+            if let Some(notice) = events.notice() {
+                self.defer_notice(run_id, notice, job_active, &mut deferred)?;
+            }
             let interval = match job_active {
                 true => self.setup.timing.job_poll,
                 false => self.setup.timing.claimed_poll,
@@ -68,21 +86,39 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             let wake = due.min(Instant::now() + MARKER_POLL);
             let runner = &mut self.runner;
             let exited = events
-                .guard(async {
+                .guard_shutdown(async {
                     tokio::select! {
                         status = async { match runner { Some(r) => r.exited().await, None => std::future::pending().await } } => Some(status),
                         _ = tokio::time::sleep_until(wake) => None,
+                        _ = events.notice_changed() => None,
                     }
                 })
                 .await?;
             if let Some(status) = exited {
                 self.runner = None;
                 self.world.host.clear_job_marker();
+                let exit = ListenerExit::of(status);
+                if exit == ListenerExit::SessionConflict {
+                    // Another listener holds this registration's session
+                    // (its credentials were copied or an old process
+                    // lives): a new registration gets new credentials.
+                    tracing::error!(
+                        run_id,
+                        "runner {}: registering again under a new name",
+                        exit.describe()
+                    );
+                    return Ok(self.register_again(run_id).await);
+                }
                 if restarts.started.elapsed() >= RUNNER_HEALTHY_AFTER {
                     restarts.delay = RUNNER_RESTART_FIRST;
                 }
                 let wait = restarts.back_off();
-                tracing::warn!(status = ?status, restart_in_s = wait.as_secs(), "runner exited while claimed; restarting");
+                tracing::warn!(
+                    run_id,
+                    restart_in_s = wait.as_secs(),
+                    "runner {} while claimed; restarting",
+                    exit.describe()
+                );
                 continue;
             }
             if Instant::now() < due {
@@ -93,6 +129,67 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 tracing::info!(run_id, "released");
                 return Ok(self.releasing(Signal::RemoveRegRemoveRunOk));
             }
+        }
+    }
+
+    /// Under `notice`: `Err` when serving must end now (no job runs, or the
+    /// job's time is up), else the job goes on and `deferred` says until
+    /// when.
+    fn defer_notice(
+        &mut self,
+        run_id: &str,
+        notice: Notice,
+        job_active: bool,
+        deferred: &mut Option<Deferred>,
+    ) -> Result<(), Interrupt> {
+        // The hooks mark a job; a live Runner.Worker also counts (a job
+        // whose started hook failed, or a worker still finishing).
+        let busy = job_active || self.world.host.worker_running();
+        if !busy {
+            tracing::warn!(run_id, notice = %notice.describe(), "leaving the pool: no job runs");
+            return Err(Interrupt::Notice);
+        }
+        if deferred.as_ref().is_none_or(|d| d.notice != notice) {
+            let stop_at = notice.time_left(self.world.clock.now_utc()).map(|left| {
+                Instant::now() + left.saturating_sub(self.setup.timing.spot_job_margin)
+            });
+            match stop_at {
+                Some(at) => {
+                    tracing::warn!(run_id, notice = %notice.describe(), stop_in_s = at.saturating_duration_since(Instant::now()).as_secs(), "a job runs: it may go on until the notice's time minus the margin")
+                }
+                None => {
+                    tracing::warn!(run_id, notice = %notice.describe(), "a job runs: leaving the pool when it ends")
+                }
+            }
+            *deferred = Some(Deferred { notice, stop_at });
+        }
+        if let Some(stop_at) = deferred.as_ref().and_then(|d| d.stop_at) {
+            if Instant::now() >= stop_at {
+                tracing::warn!(run_id, "stopping the job: the spot interruption is near");
+                return Err(Interrupt::Notice);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the registration (runner stopped, deregistered) and registers
+    /// again for the same claim with a fresh token. A crash in between
+    /// resumes as a registration that never finished: registered again.
+    async fn register_again(&mut self, run_id: &str) -> Phase {
+        if let Some(registration) = self.state.phase.registration() {
+            self.dismantle(registration, Signal::RemoveRegRemoveRunOk)
+                .await;
+        }
+        self.claim_token = match self.world.pool.read_token().await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a token to register again");
+                None
+            }
+        };
+        Phase::Registering {
+            run_id: run_id.to_owned(),
+            runner_name: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub trait RunnerHost: Send + Sync {
     /// Whether the runner directory holds a registration.
     fn is_configured(&self) -> bool;
     fn job_active(&self) -> bool;
+    /// Whether a `Runner.Worker` (the process that runs a job) lives.
+    fn worker_running(&self) -> bool;
     fn clear_job_marker(&self);
     fn configure(
         &self,
@@ -80,7 +82,7 @@ pub trait RunnerHost: Send + Sync {
     fn reset(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
-/// A running `run.sh`.
+/// A running `Runner.Listener`.
 pub trait RunnerProcess: Send {
     fn pgid(&self) -> Pgid;
     /// Resolves when the runner exits (with its status when known).
@@ -195,6 +197,10 @@ impl RunnerHost for LocalHost {
 
     fn job_active(&self) -> bool {
         self.control.job_active()
+    }
+
+    fn worker_running(&self) -> bool {
+        self.control.worker_running()
     }
 
     fn clear_job_marker(&self) {

@@ -1,5 +1,5 @@
-//! The runner's cgroup: every process the runner starts (config.sh, run.sh,
-//! the listener, job steps, their double-forked daemons, setsid or not)
+//! The runner's cgroup: every process the runner starts (config.sh, the
+//! listener, job steps, their double-forked daemons, setsid or not)
 //! is born into it, and the reset kills it whole. Process groups and
 //! working directories, which a job can leave, are only the fallback.
 //!

@@ -1,6 +1,8 @@
 //! Driving `actions/runner`: `config.sh` to register and deregister, and
-//! `run.sh` as a supervised child in its own process group.
+//! `bin/Runner.Listener run` as a supervised child in its own process
+//! group (`exit.rs` says why not `run.sh`).
 
+pub mod exit;
 pub mod install;
 pub mod pid;
 pub mod tree;
@@ -123,6 +125,12 @@ impl RunnerControl {
     /// Whether a job is running, as told by the runner's job hooks.
     pub fn job_active(&self) -> bool {
         self.hook_dir().join(JOB_MARKER).exists()
+    }
+
+    /// Whether a job's `Runner.Worker` process lives (the listener starts
+    /// one per job from `bin/`).
+    pub fn worker_running(&self) -> bool {
+        tree::runs_program(&self.dir.join("bin").join("Runner.Worker"))
     }
 
     pub fn clear_job_marker(&self) {
@@ -299,14 +307,21 @@ impl RunnerControl {
         Ok(RemoveOutcome::LocalOnly)
     }
 
-    /// Starts `run.sh` in its own process group with the job hooks set.
+    /// Starts `bin/Runner.Listener run` in its own process group with the
+    /// job hooks set, as `run.sh` and `run-helper.sh` would: from the runner
+    /// directory, refused as root unless allowed (`command`), but without
+    /// their exit-code masking and restart loop; the machine acts on the
+    /// code (`exit.rs`). SIGINT and SIGTERM both make the listener shut
+    /// down gracefully (its CtrlC and Unloading handlers).
     pub fn start(&self) -> Result<RunningRunner, RunnerError> {
         self.clear_job_marker();
-        let mut command = self.command("run.sh");
+        let listener = "bin/Runner.Listener";
+        let mut command = self.command(listener);
         let hooks = self.hook_dir();
+        command.arg("run");
         command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
         command
-            .env("RUNNER_MANUALLY_TRAP_SIG", "1")
+            .env(exit::DEPRECATED_EXIT_CODE_ENV, "1")
             .env(
                 "ACTIONS_RUNNER_HOOK_JOB_STARTED",
                 hooks.join("job-started.sh"),
@@ -321,9 +336,9 @@ impl RunnerControl {
         if let (Ok(out), Ok(err)) = (dup_stderr(), dup_stderr()) {
             command.stdout(out).stderr(err);
         }
-        let child = self.spawn(command, "run.sh")?;
+        let child = self.spawn(command, listener)?;
         let pgid = Pgid::of_child(&child).ok_or_else(|| RunnerError::NoPid {
-            program: self.dir.join("run.sh"),
+            program: self.dir.join(listener),
         })?;
         tracing::info!(%pgid, "runner started");
         Ok(RunningRunner {
@@ -364,7 +379,7 @@ impl Drop for GroupKillGuard {
     }
 }
 
-/// A running `run.sh`: our child, or one adopted from an earlier agent
+/// A running listener: our child, or one adopted from an earlier agent
 /// process (after a crash) that we can watch and stop but not wait on.
 pub struct RunningRunner {
     child: Option<Child>,
@@ -380,7 +395,8 @@ impl RunningRunner {
         self.pgid
     }
 
-    /// Resolves when `run.sh` exits (with its status when it is our child).
+    /// Resolves when the listener exits (with its status when it is our
+    /// child).
     pub async fn exited(&mut self) -> Option<ExitStatus> {
         match &mut self.child {
             Some(child) => child.wait().await.ok(),
@@ -393,7 +409,7 @@ impl RunningRunner {
         }
     }
 
-    /// Stops `run.sh`, the listener, and every job process under them.
+    /// Stops the listener and every job process under it.
     pub async fn stop(mut self) {
         let clean = tree::stop_tree(self.pgid, self.stop_timeout).await;
         let status = match &mut self.child {

@@ -70,6 +70,19 @@ pub fn tree_members(pgid: Pgid) -> HashSet<i32> {
     members
 }
 
+/// Whether a live process runs `program`: as its executable (argv[0]), or
+/// as the script an interpreter runs (argv[1]).
+pub fn runs_program(program: &Path) -> bool {
+    let wanted = program.as_os_str().as_encoded_bytes();
+    all_processes()
+        .iter()
+        .filter(|(_, p)| !p.zombie)
+        .any(|(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).take(2).any(|arg| arg == wanted))
+        })
+}
+
 /// Stale ids fail with ESRCH, which is what we want: the process is gone.
 fn signal_all(pgid: Pgid, pids: &HashSet<i32>, signal: Signal) {
     let _ = killpg(pgid.as_pid(), signal);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct Registration {
     pub run_id: String,
     pub runner_name: String,
-    /// Process group of the running `run.sh`, so that a restarted agent can
+    /// Process group of the running listener, so that a restarted agent can
     /// stop a runner it lost track of.
     pub runner_pgid: Option<i32>,
 }

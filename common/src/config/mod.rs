@@ -111,6 +111,9 @@ pub struct Timing {
     pub expiry_check_interval: Duration,
     pub self_termination_grace: Duration,
     pub spot_poll_interval: Duration,
+    /// A job under a spot notice runs until the notice's time minus this,
+    /// then the runner is stopped (deregistration and the signal need it).
+    pub spot_job_margin: Duration,
 }
 
 impl Settings {

@@ -63,4 +63,5 @@ pub(super) struct RawTiming {
     pub expiry_check_interval: Option<String>,
     pub self_termination_grace: Option<String>,
     pub spot_poll_interval: Option<String>,
+    pub spot_job_margin: Option<String>,
 }

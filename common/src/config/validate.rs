@@ -157,7 +157,18 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
             &t.spot_poll_interval,
             Duration::from_secs(5),
         )?,
+        spot_job_margin: duration(
+            "timing.spot_job_margin",
+            &t.spot_job_margin,
+            Duration::from_secs(20),
+        )?,
     };
+    if timing.spot_job_margin > Duration::from_secs(110) {
+        return Err(invalid(
+            "timing.spot_job_margin",
+            "EC2 gives two minutes' notice; a margin over 110s stops every job at once".into(),
+        ));
+    }
     if timing.heartbeat_interval > Duration::from_secs(10) {
         return Err(invalid(
             "timing.heartbeat_interval",

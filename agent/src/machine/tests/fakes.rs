@@ -228,6 +228,8 @@ pub struct HostState {
     pub stops: Vec<i32>,
     pub stray_sweeps: usize,
     pub job_active: bool,
+    /// A Runner.Worker lives (without the job hook's marker).
+    pub worker_running: bool,
     pub hooks_written: bool,
     /// Outcomes of the next resets; empty: success.
     pub reset_results: VecDeque<Result<String, String>>,
@@ -240,7 +242,7 @@ pub struct HostState {
     pub exits: Vec<(i32, watch::Sender<Option<i32>>)>,
 }
 
-/// The runner host: config.sh, run.sh and the pre-runner script, faked.
+/// The runner host: config.sh, the listener and the pre-runner script, faked.
 #[derive(Clone)]
 pub struct FakeHost(Arc<Mutex<HostState>>);
 
@@ -314,6 +316,10 @@ impl RunnerHost for FakeHost {
 
     fn job_active(&self) -> bool {
         self.lock().job_active
+    }
+
+    fn worker_running(&self) -> bool {
+        self.lock().worker_running
     }
 
     fn clear_job_marker(&self) {

@@ -6,6 +6,7 @@ pub mod fakes;
 
 mod boot;
 mod claim;
+mod notices;
 mod reset;
 mod resume;
 mod serve;
@@ -14,6 +15,7 @@ mod stop;
 use super::{Events, Interrupt, Machine, Setup, Timing, World};
 use crate::expiry::Observation;
 use crate::protocol::Signal;
+use crate::spot::Notice;
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
 use fakes::{token, FakeHost, FakePool, TestClock};
 use std::time::Duration;
@@ -31,6 +33,7 @@ const TIMING: Timing = Timing {
     idle_poll: Duration::from_millis(250),
     claimed_poll: Duration::from_secs(2),
     job_poll: Duration::from_secs(10),
+    spot_job_margin: Duration::from_secs(20),
 };
 
 /// One machine and its fake world.
@@ -40,7 +43,7 @@ pub struct Harness {
     pub clock: TestClock,
     pub shutdown: CancellationToken,
     pub heartbeat: CancellationToken,
-    pub spot: watch::Sender<Option<String>>,
+    pub notices: watch::Sender<Option<Notice>>,
     pub observations: watch::Receiver<Option<Observation>>,
     pub initial_run_id: Option<String>,
     pub dir: tempfile::TempDir,
@@ -54,7 +57,7 @@ impl Harness {
         let pool = FakePool::new();
         let clock = TestClock::new();
         pool.set_token(Some(token(&clock, "TOKEN-1")));
-        let (spot, _) = watch::channel(None);
+        let (notices, _) = watch::channel(None);
         let (_, observations) = watch::channel(None);
         Harness {
             pool,
@@ -62,7 +65,7 @@ impl Harness {
             clock,
             shutdown: CancellationToken::new(),
             heartbeat: CancellationToken::new(),
-            spot,
+            notices,
             observations,
             initial_run_id: Some(INITIAL_RUN.into()),
             dir: tempfile::tempdir().unwrap(),
@@ -86,9 +89,9 @@ impl Harness {
     }
 
     pub fn start_with(&mut self, state: AgentState) {
-        let (spot, spot_rx) = watch::channel(None);
+        let (notices, notices_rx) = watch::channel(None);
         let (obs_tx, obs_rx) = watch::channel(None);
-        self.spot = spot;
+        self.notices = notices;
         self.observations = obs_rx;
         self.shutdown = CancellationToken::new();
         self.heartbeat = CancellationToken::new();
@@ -97,7 +100,7 @@ impl Harness {
             initial_run_id: self.initial_run_id.clone(),
             timing: TIMING,
             store: self.store(),
-            events: Events::new(self.shutdown.clone(), spot_rx),
+            events: Events::new(self.shutdown.clone(), notices_rx),
             observations: obs_tx,
             heartbeat: self.heartbeat.clone(),
         };

@@ -140,12 +140,3 @@ async fn a_reset_longer_than_the_stop_budget_stays_owed_without_a_signal() {
         .await;
     assert_eq!(h.host.lock().resets, 2);
 }
-
-#[tokio::test(start_paused = true)]
-async fn a_spot_notice_while_serving_does_not_reset() {
-    let mut h = Harness::started_and_serving().await;
-    h.spot.send_replace(Some("2026-11-28T10:00:00Z".into()));
-    assert_eq!(h.join().await, Interrupt::Spot);
-    assert_eq!(h.pool.count(Signal::SpotInterrupted, INITIAL_RUN), 1);
-    assert_eq!(h.host.lock().resets, 0);
-}

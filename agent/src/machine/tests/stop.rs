@@ -71,45 +71,6 @@ async fn sigterm_while_the_release_signal_is_retried_writes_it_in_the_final_step
 }
 
 #[tokio::test(start_paused = true)]
-async fn spot_notice_while_idle_signals_and_stops_the_heartbeat() {
-    let mut h = Harness::started_and_idle().await;
-    h.spot
-        .send_replace(Some(r#"{"action":"terminate"}"#.into()));
-    assert_eq!(h.join().await, Interrupt::Spot);
-    assert_eq!(h.pool.count(Signal::SpotInterrupted, ""), 1);
-    assert!(h.heartbeat.is_cancelled());
-    assert_eq!(h.saved().phase.name(), "spot-interrupted");
-}
-
-#[tokio::test(start_paused = true)]
-async fn spot_notice_while_serving_deregisters_and_signals_for_the_run() {
-    let mut h = Harness::started_and_serving().await;
-    let pgid = h.host.running()[0];
-    h.spot
-        .send_replace(Some(r#"{"action":"terminate"}"#.into()));
-    assert_eq!(h.join().await, Interrupt::Spot);
-    assert_eq!(h.pool.count(Signal::SpotInterrupted, INITIAL_RUN), 1);
-    assert_eq!(h.pool.count(Signal::RemoveRegRemoveRunOk, INITIAL_RUN), 0);
-    assert!(h.host.lock().stops.contains(&pgid));
-    assert!(h.heartbeat.is_cancelled());
-    let saved = h.saved();
-    assert_eq!(saved.phase.name(), "spot-interrupted");
-    assert_eq!(saved.registration(), None);
-}
-
-#[tokio::test(start_paused = true)]
-async fn spot_notice_during_a_failing_registration_fails_the_claim_at_once() {
-    let mut h = Harness::new();
-    h.pool.set_token(None);
-    h.pool.claim(INITIAL_RUN);
-    h.start();
-    h.wait_signal(Signal::RegFailed, INITIAL_RUN).await;
-    h.spot.send_replace(Some("{}".into()));
-    h.join().await;
-    assert_eq!(h.pool.count(Signal::SpotInterrupted, INITIAL_RUN), 1);
-}
-
-#[tokio::test(start_paused = true)]
 async fn heartbeat_keeps_going_through_a_sigterm_until_the_agent_stops_it() {
     let mut h = Harness::started_and_serving().await;
     h.stop().await;

@@ -1,0 +1,142 @@
+//! Leaving the pool on a notice from EC2 (spot interruption, rebalance
+//! recommendation), and staying out of it. `serve.rs` decides when: at
+//! once without a job, after the job (rebalance) or shortly before the
+//! interruption (spot). Then the runner goes, the run is told, and every
+//! later claim is answered with `UD_REG_FAILED`, so the control plane picks
+//! another instance at once instead of waiting out its 10 s.
+
+use super::reset::failed;
+use super::signal::write_until_stored;
+use super::{Clock, Machine, Pool, RunnerHost};
+use crate::protocol::Signal;
+use crate::state::{Phase, Registration};
+use tokio::time::Instant;
+
+impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
+    /// The final steps after a notice, within `deadline`.
+    pub(super) async fn leave(&mut self, registration: Option<Registration>, deadline: Instant) {
+        let notice = self
+            .setup
+            .events
+            .notice()
+            .map(|n| n.describe())
+            .unwrap_or_default();
+        let owed = match &self.state.phase {
+            Phase::Resetting { run_id, signal } => Some((run_id.clone(), *signal)),
+            _ => None,
+        };
+        let stored = match (owed, registration) {
+            (Some((run_id, signal)), _) => {
+                // Released and deregistered; a leaving instance must not be
+                // pooled, so the release is answered as failed (the control
+                // plane then drops the instance at once).
+                tracing::warn!(
+                    run_id,
+                    notice,
+                    "leaving the pool: the released run is answered as failed, not pooled"
+                );
+                self.signal_by(failed(signal), &run_id, deadline).await
+            }
+            (None, Some(registration)) => {
+                let run_id = registration.run_id.clone();
+                self.dismantle(registration, Signal::SpotInterrupted).await;
+                let stored = self
+                    .signal_by(Signal::SpotInterrupted, &run_id, deadline)
+                    .await;
+                self.left_run = Some(run_id);
+                stored
+            }
+            (None, None) => {
+                // Not registered: the signal says why about the run the
+                // record names, if any; a claim in flight is then failed
+                // by `out_of_pool`.
+                let current = self.observed_run_id().unwrap_or_default();
+                self.signal_by(Signal::SpotInterrupted, &current, deadline)
+                    .await
+            }
+        };
+        if stored {
+            self.enter(Phase::SpotInterrupted);
+        }
+    }
+
+    /// Out of the pool until shutdown: every new claim gets `UD_REG_FAILED`,
+    /// and the release of the run a notice took the runner from gets
+    /// `UD_REMOVE_REG_REMOVE_RUN_FAILED` (the instance is not to be pooled
+    /// again). Reads are eventually consistent at the claimed poll; a
+    /// change is confirmed by a strongly consistent read before it is
+    /// answered, so a lagging read never fails a run.
+    pub(super) async fn out_of_pool(&mut self) {
+        let events = self.setup.events.clone();
+        let mut answered = self.left_run.clone();
+        loop {
+            let seen = match self.world.pool.read_instance(false).await {
+                Ok(record) => {
+                    self.observe(&record);
+                    Some(record.and_then(|r| r.run_id).filter(|r| !r.is_empty()))
+                }
+                Err(e) => {
+                    self.log_read_error("polling the instance record", &e);
+                    None
+                }
+            };
+            if seen.is_some_and(|run| run != answered) {
+                match self.world.pool.read_instance(true).await {
+                    Ok(record) => {
+                        self.observe(&record);
+                        let current = record.and_then(|r| r.run_id).filter(|r| !r.is_empty());
+                        if current != answered {
+                            let answer = self.answer_out_of_pool(current.clone());
+                            if events.guard_shutdown(answer).await.is_err() {
+                                return;
+                            }
+                            answered = current;
+                        }
+                    }
+                    Err(e) => self.log_read_error("confirming a claim", &e),
+                }
+            }
+            let pause = tokio::time::sleep(self.setup.timing.claimed_poll);
+            if events.guard_shutdown(pause).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers the record naming `current` (no run: released).
+    async fn answer_out_of_pool(&mut self, current: Option<String>) {
+        if let Some(left) = self.left_run.take_if(|left| current.as_ref() != Some(left)) {
+            tracing::warn!(run_id = %left, "released while out of the pool: answered as failed, so the instance is not pooled");
+            let signal = Signal::RemoveRegRemoveRunFailed;
+            if write_until_stored(&self.world.pool, signal, &left, None)
+                .await
+                .is_ok()
+            {
+                self.record_signal(signal, &left);
+            }
+        }
+        if let Some(run_id) = current {
+            tracing::warn!(
+                run_id,
+                "claim refused: the instance is leaving the pool after a notice from EC2"
+            );
+            let signal = Signal::RegFailed;
+            if write_until_stored(&self.world.pool, signal, &run_id, None)
+                .await
+                .is_ok()
+            {
+                self.record_signal(signal, &run_id);
+            }
+        }
+    }
+
+    /// The run id of the newest read of the instance record.
+    fn observed_run_id(&self) -> Option<String> {
+        self.setup
+            .observations
+            .borrow()
+            .clone()
+            .and_then(|o| o.record)
+            .and_then(|r| r.run_id)
+    }
+}

@@ -1,0 +1,160 @@
+//! End to end, the runner's supervision (issue: job-aware supervision):
+//! notices from EC2 against a running job, the listener's exit codes, a
+//! session conflict. The fake IMDS serves `spot/instance-action` and
+//! `events/recommendations/rebalance` as EC2 does (404 until set, then the
+//! JSON); the fake listener exits with the code a test asks for and runs
+//! each job in a child `Runner.Worker` (`tests/fake-runner/`).
+
+use stack::agent::AgentSpec;
+use stack::control::iso;
+use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// The control plane gives a claimed instance 10 s to answer.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+fn notices_fast() -> AgentSpec {
+    AgentSpec {
+        timing: vec![
+            "spot_poll_interval = \"250ms\"".into(),
+            "spot_job_margin = \"20s\"".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+async fn wait_events(stack: &Stack, prefix: &str, count: usize, log: impl Fn() -> String) {
+    let started = Instant::now();
+    while stack.count_events(prefix) < count {
+        assert!(
+            started.elapsed() < WAIT,
+            "no {count}x {prefix}: {:#?}\n{}",
+            stack.runner_events(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn exit_listener_with(stack: &Stack, code: i32) {
+    let file = stack.jobs_dir().join(format!("{INITIAL_RUN_ID}.exit"));
+    std::fs::write(file, code.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fails_claims() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = stack.boot_agent(&notices_fast()).await;
+    let id = &stack.instance_id;
+    stack.queue_job(INITIAL_RUN_ID, 120);
+    wait_events(&stack, "JOB_START", 1, || agent.log_text()).await;
+    // Interruption 28 s ahead, margin 20 s: the job may run ~8 s more.
+    let at = OffsetDateTime::now_utc() + Duration::from_secs(28);
+    let noticed = Instant::now();
+    stack.imds.set_spot_notice(&format!(
+        r#"{{"action": "terminate", "time": "{}"}}"#,
+        iso(at)
+    ));
+    assert!(
+        agent.wait_log("a job runs", WAIT).await,
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        stack.count_events("JOB_END"),
+        0,
+        "the job was not cut short"
+    );
+    assert_eq!(stack.live_listeners().len(), 1);
+    stack
+        .cp
+        .wait_signal(id, "UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
+        .await
+        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    let ran = noticed.elapsed();
+    assert!(ran >= Duration::from_secs(5), "stopped after {ran:?}");
+    assert_eq!(stack.count_events("JOB_END name"), 1);
+    assert!(stack.live_listeners().is_empty());
+    assert!(!stack.runner_dir().join(".runner").exists());
+    // The run is released: answered as failed, so the instance is not pooled.
+    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
+    stack
+        .cp
+        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
+        .await
+        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    // A new claim is refused within the control plane's 10 s.
+    stack.cp.claim(id, "3000").await;
+    stack
+        .cp
+        .wait_signal(id, "UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .await
+        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    assert_eq!(stack.count_events("CONFIGURE "), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_recommendation_while_idle_leaves_the_pool_at_once() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = stack.boot_agent(&notices_fast()).await;
+    let id = &stack.instance_id;
+    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
+    stack
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
+    stack
+        .imds
+        .set_rebalance(r#"{"noticeTime": "2026-11-28T10:00:00Z"}"#);
+    stack.expect_signal("UD_SPOT_INTERRUPTED", "").await;
+    stack.cp.claim(id, "3000").await;
+    stack
+        .cp
+        .wait_signal(id, "UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .await
+        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+    assert_eq!(stack.count_events("CONFIGURE "), 1, "no registration");
+    assert!(agent.log_text().contains("rebalance recommendation"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = stack.boot_agent(&AgentSpec::default()).await;
+    // 2 (retryable): restarted, same registration.
+    exit_listener_with(&stack, 2);
+    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    assert!(agent.log_text().contains("exited 2 (retryable error)"));
+    assert_eq!(stack.count_events("CONFIGURE "), 1);
+    // 5 (session conflict): deregistered and registered under a new name.
+    exit_listener_with(&stack, 5);
+    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
+    wait_events(&stack, "LISTENER_START", 3, || agent.log_text()).await;
+    let log = agent.log_text();
+    assert!(log.contains("exited 5 (session conflict)"), "{log}");
+    let configures: Vec<_> = stack
+        .runner_events()
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("CONFIGURE "))
+        .map(|(_, e)| e)
+        .collect();
+    let id = &stack.instance_id;
+    assert!(
+        configures[1].contains(&format!("name={id}-2")),
+        "{configures:?}"
+    );
+    assert!(configures[1].contains(&format!("labels={INITIAL_RUN_ID}")));
+    assert_eq!(
+        stack.count_events("REMOVE"),
+        1,
+        "the old registration went first"
+    );
+    // The new registration serves the run.
+    stack.queue_job(INITIAL_RUN_ID, 1);
+    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
+    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
+    stack
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
+}
