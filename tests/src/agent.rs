@@ -41,6 +41,9 @@ pub struct AgentSpec {
     pub pre_runner: Option<String>,
     /// Pin this digest instead of asking the (fake) release API.
     pub sha256: Option<String>,
+    /// `runner.version` instead of the fake's first release (`latest`, or
+    /// another release the fake GitHub publishes).
+    pub runner_version: Option<String>,
     /// `runner.user`: the runner runs as this user.
     pub user: Option<String>,
     /// Keep the agent's own timing defaults instead of the stack's quick
@@ -75,7 +78,10 @@ impl Stack {
         let mut toml = format!(
             "table = \"{table}\"\n\n[github]\nurl = \"https://github.com/acme/widgets\"\n\n[runner]\nversion = \"{version}\"\ninstall_dir = \"{runner}\"\nrelease_base_url = \"{base}\"\nrelease_api_url = \"{api}\"\nallow_run_as_root = true\nstop_timeout = \"5s\"\n",
             table = self.cp.table,
-            version = crate::github::FAKE_RUNNER_VERSION,
+            version = spec
+                .runner_version
+                .as_deref()
+                .unwrap_or(crate::github::FAKE_RUNNER_VERSION),
             runner = self.runner_dir().display(),
             base = self.github.release_base_url(),
             api = self.github.api_url(),

@@ -6,6 +6,7 @@ mod artifacts;
 mod cli;
 mod faults;
 mod hardened;
+mod install;
 mod lifecycle;
 mod reset;
 mod supervision;

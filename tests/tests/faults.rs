@@ -83,6 +83,9 @@ async fn checksum_mismatch_unpacks_nothing_and_runs_nothing() {
         .state
         .lock()
         .unwrap()
+        .releases
+        .get_mut(stack::github::FAKE_RUNNER_VERSION)
+        .unwrap()
         .tarball
         .extend_from_slice(b"tampered");
     let agent = stack.spawn_agent(&AgentSpec::default());

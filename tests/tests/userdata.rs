@@ -261,7 +261,7 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
             "`agent.download.x86_64.sha256`: \"5f70bf18\" is not 64 hexadecimal characters",
         ),
         (
-            base.replace("version = \"2.331.0\"", "version = \"latest\""),
+            base.replace("version = \"2.331.0\"", "version = \"2.331\""),
             &[],
             "`agent_config`: key `agent_config.runner.version`",
         ),

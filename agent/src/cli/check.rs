@@ -1,10 +1,11 @@
 //! `runner-agent check`: preflight checks, one line each, exit 1 if any
 //! failed.
 
-use crate::config::Settings;
+use crate::config::{RunnerVersion, Settings};
 use crate::hardening::isolation;
 use crate::imds::{Imds, TagSource, TAG_INITIAL_RUN_ID};
-use crate::runner::install;
+use crate::runner::user::RunnerUser;
+use crate::runner::{installed, release};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -51,7 +52,7 @@ pub async fn run(config: &Path) -> ExitCode {
         report.line("firewall", nft_version().await);
     }
     report.line("state dir", writable(&settings.state_dir));
-    report.line("runner dir", runner_dir(&settings));
+    report.line("runner dir", runner_dir(&settings).await);
 
     let imds = Imds::from_env();
     let identity = crate::agent::identity_once(&imds).await;
@@ -156,37 +157,53 @@ fn writable(dir: &Path) -> Result<String, String> {
     Ok(dir.display().to_string())
 }
 
-fn runner_dir(settings: &Settings) -> Result<String, String> {
-    let dir = &settings.runner.install_dir;
-    let version = &settings.runner.version;
-    match install::installed_version(dir) {
-        Some(v) if &v == version => {
-            for script in ["config.sh", "bin/Runner.Listener"] {
-                if !dir.join(script).is_file() {
-                    return Err(format!("{} lacks {script}", dir.display()));
-                }
-            }
-            Ok(format!("{} holds runner {v}", dir.display()))
-        }
-        other => {
-            let arch = install::runner_arch();
-            let digest = if settings.runner.sha256.is_some() {
-                "pinned in config"
-            } else if install::known_digest(version, arch).is_some() {
-                "from the built-in table"
-            } else if settings.runner.release_api_url.is_some() {
-                "from the release API"
-            } else {
-                return Err(format!(
-                    "runner {version} is not installed in {} and no SHA-256 is known for it: set runner.sha256",
-                    dir.display()
-                ));
-            };
-            Ok(format!(
-                "{} holds {}; {version} will be downloaded (checksum {digest})",
-                dir.display(),
-                other.unwrap_or_else(|| "nothing".into())
+async fn runner_dir(settings: &Settings) -> Result<String, String> {
+    let runner = &settings.runner;
+    let dir = &runner.install_dir;
+    // The listener is asked as the runner user, as the agent asks it; a
+    // user that cannot be resolved is reported on its own line.
+    let owner = RunnerUser::resolve(runner.user.as_deref()).ok().flatten();
+    let found = installed::find(dir, owner.as_ref()).await;
+    let holds = match &found {
+        Some(f) if f.verified => format!("{} holds runner {}", dir.display(), f.version),
+        Some(f) => format!(
+            "{} holds runner {} (unpacked without runner-agent: not verified)",
+            dir.display(),
+            f.version
+        ),
+        None => format!("{} holds no runner", dir.display()),
+    };
+    let version = match &runner.version {
+        RunnerVersion::Latest => {
+            return Ok(format!(
+                "{holds}; the latest release is asked of {} at boot and installed if it differs",
+                runner.release_api()
             ))
         }
+        RunnerVersion::Pinned(version) => version,
+    };
+    if found.as_ref().is_some_and(|f| &f.version == version) {
+        for script in ["config.sh", "bin/Runner.Listener"] {
+            if !dir.join(script).is_file() {
+                return Err(format!("{} lacks {script}", dir.display()));
+            }
+        }
+        return Ok(holds);
     }
+    let arch = release::runner_arch();
+    let digest = if runner.sha256.is_some() {
+        "pinned in config"
+    } else if release::known_digest(version, arch).is_some() {
+        "from the built-in table"
+    } else if runner.release_api_url.is_some() {
+        "from the release API"
+    } else {
+        return Err(format!(
+            "runner {version} is not installed in {} and no SHA-256 is known for it: set runner.sha256",
+            dir.display()
+        ));
+    };
+    Ok(format!(
+        "{holds}; {version} will be downloaded (checksum {digest})"
+    ))
 }

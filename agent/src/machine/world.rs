@@ -168,13 +168,22 @@ impl RunnerHost for LocalHost {
     async fn install(&self) -> Result<(), InstallFailure> {
         use crate::runner::install::{self, InstallError, InstallOutcome};
         let runner = &self.settings.runner;
+        let dir = runner.install_dir.display();
         match install::ensure_installed(runner, self.user.as_ref()).await {
-            Ok(InstallOutcome::AlreadyPresent) => {
-                tracing::info!(version = %runner.version, dir = %runner.install_dir.display(), "runner already installed");
-                Ok(())
-            }
-            Ok(InstallOutcome::Installed { sha256 }) => {
-                tracing::info!(version = %runner.version, sha256 = %sha256, "runner installed");
+            Ok(outcome) => {
+                let version = outcome.version();
+                match &outcome {
+                    InstallOutcome::AlreadyPresent { verified, .. } => {
+                        tracing::info!(version, configured = %runner.version, verified, %dir, "runner already installed")
+                    }
+                    InstallOutcome::Installed { sha256, .. } => {
+                        tracing::info!(version, configured = %runner.version, sha256 = %sha256, %dir, "runner installed")
+                    }
+                    // ensure_installed warned with the reason.
+                    InstallOutcome::KeptInstalled { verified, .. } => {
+                        tracing::info!(version, configured = %runner.version, verified, %dir, "runner kept")
+                    }
+                }
                 Ok(())
             }
             Err(e) => Err(InstallFailure {

@@ -1,83 +1,24 @@
-//! Installs the `actions/runner` release: use a copy already unpacked (baked
-//! into the image) or stream the tarball, verify its SHA-256 while it
-//! downloads, unpack it safely into a temporary directory and rename that
-//! into place. Nothing is unpacked from a tarball whose digest is wrong.
+//! Installs the `actions/runner` release: use the copy already in the
+//! install dir when it is the version wanted, else stream the tarball,
+//! verify its SHA-256 while it downloads, unpack it safely and rename it
+//! into place (`unpack.rs`). Nothing is unpacked from a tarball whose
+//! digest is wrong. The version wanted is the configured one, or with
+//! `latest` the release API's latest; `upgrade` moves an installed runner
+//! on to the latest release whatever the config says.
 
-use crate::config::RunnerSettings;
-use crate::runner::user::RunnerUser;
-use runner_agent_common::digest::parse_sha256_hex;
-use runner_agent_common::http_url::{self, Url};
+use super::installed::{self, Found};
+use super::release::{self, compare_versions, known_digest, runner_arch, tarball_name, Release};
+use super::unpack::{sibling, unpack_into_place};
+use super::user::RunnerUser;
+use crate::config::{RunnerSettings, RunnerVersion};
+use runner_agent_common::http_url;
 use sha2::{Digest, Sha256};
+use std::cmp::Ordering;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
-
-/// Written into the install dir after a verified unpack; its content is the
-/// runner version. A directory without it is not trusted as an install.
-pub const VERSION_MARKER: &str = ".runner-agent-version";
+use std::path::{Path, PathBuf};
 
 /// The real tarball is ~200 MiB; anything much larger is not a runner.
 const MAX_TARBALL_BYTES: u64 = 1 << 30;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// One overall bound for the download, generous for a slow NAT gateway.
-const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// SHA-256 of official linux tarballs, as shown on GitHub's "add runner"
-/// page and copied into many public setup scripts. Only values seen
-/// identically in several independent sources are listed; other versions
-/// are verified against `runner.sha256` or the release API's asset digest.
-const KNOWN_DIGESTS: &[(&str, &str, &str)] = &[
-    (
-        "2.321.0",
-        "x64",
-        "ba46ba7ce3a4d7236b16fbe44419fb453bc08f866b24f04d549ec89f1722a29e",
-    ),
-    (
-        "2.325.0",
-        "x64",
-        "5020da7139d85c776059f351e0de8fdec753affc9c558e892472d43ebeb518f4",
-    ),
-    (
-        "2.328.0",
-        "x64",
-        "01066fad3a2893e63e6ca880ae3a1fad5bf9329d60e77ee15f2b97c148c3cd4e",
-    ),
-    (
-        "2.328.0",
-        "arm64",
-        "b801b9809c4d9301932bccadf57ca13533073b2aa9fa9b8e625a8db905b5d8eb",
-    ),
-    (
-        "2.329.0",
-        "x64",
-        "194f1e1e4bd02f80b7e9633fc546084d8d4e19f3928a324d512ea53430102e1d",
-    ),
-    (
-        "2.330.0",
-        "x64",
-        "af5c33fa94f3cc33b8e97937939136a6b04197e6dadfcfb3b6e33ae1bf41e79a",
-    ),
-    (
-        "2.331.0",
-        "x64",
-        "5fcc01bd546ba5c3f1291c2803658ebd3cedb3836489eda3be357d41bfcf28a7",
-    ),
-    (
-        "2.331.0",
-        "arm64",
-        "f5863a211241436186723159a111f352f25d5d22711639761ea24c98caef1a9a",
-    ),
-    (
-        "2.332.0",
-        "x64",
-        "f2094522a6b9afeab07ffb586d1eb3f190b6457074282796c497ce7dce9e0f2a",
-    ),
-    (
-        "2.333.0",
-        "x64",
-        "7ce6b3fd8f879797fcc252c2918a23e14a233413dc6e6ab8e0ba8768b5d54475",
-    ),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -106,102 +47,233 @@ pub enum InstallError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallOutcome {
-    AlreadyPresent,
-    Installed { sha256: String },
+    /// The install dir already holds the version wanted; `verified: false`
+    /// when only the listener's `--version` said so (no marker).
+    AlreadyPresent {
+        version: String,
+        verified: bool,
+    },
+    Installed {
+        version: String,
+        sha256: String,
+    },
+    /// With `latest`: the runner already in the install dir is used as it
+    /// is, because of `reason` (the release API could not be asked, or a
+    /// registration holds the dir).
+    KeptInstalled {
+        version: String,
+        verified: bool,
+        reason: String,
+    },
 }
 
-/// `x64` or `arm64`, as in the release asset names.
-pub fn runner_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        _ => "x64",
+impl InstallOutcome {
+    /// The version the install dir now holds.
+    pub fn version(&self) -> &str {
+        match self {
+            InstallOutcome::AlreadyPresent { version, .. }
+            | InstallOutcome::Installed { version, .. }
+            | InstallOutcome::KeptInstalled { version, .. } => version,
+        }
     }
 }
 
-pub fn tarball_name(version: &str, arch: &str) -> String {
-    format!("actions-runner-linux-{arch}-{version}.tar.gz")
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeOutcome {
+    /// The install dir now holds `version`, verified against `sha256`.
+    Upgraded { version: String, sha256: String },
+    /// The latest release is not newer than the current version.
+    NotNewer { latest: String },
 }
 
-pub fn known_digest(version: &str, arch: &str) -> Option<&'static str> {
-    KNOWN_DIGESTS
-        .iter()
-        .find(|(v, a, _)| *v == version && *a == arch)
-        .map(|(_, _, d)| *d)
-}
-
-pub fn installed_version(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join(VERSION_MARKER))
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     move |source| InstallError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-/// Makes sure the configured version is unpacked in `settings.install_dir`.
+/// Makes sure the configured version (with `latest`, the latest release)
+/// is unpacked in `settings.install_dir`. A runner found there without
+/// runner-agent's marker counts when its listener reports that version
+/// (an image baked by other means); it is used as it is and not marked,
+/// since the marker asserts a digest check that did not happen.
 pub async fn ensure_installed(
     settings: &RunnerSettings,
     owner: Option<&RunnerUser>,
 ) -> Result<InstallOutcome, InstallError> {
     let dir = &settings.install_dir;
-    if installed_version(dir).as_deref() == Some(settings.version.as_str()) {
-        return Ok(InstallOutcome::AlreadyPresent);
+    let found = installed::find(dir, owner).await;
+    let registered = dir.join(".runner").exists();
+    let (http, wanted) = match &settings.version {
+        RunnerVersion::Pinned(version) => {
+            if let Some(outcome) = already_present(dir, found.as_ref(), version) {
+                return Ok(outcome);
+            }
+            if registered {
+                return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
+            }
+            let http = release::http_client(settings)?;
+            let sha256 = pinned_digest(&http, settings, version).await?;
+            let release = Release {
+                version: version.clone(),
+                sha256,
+            };
+            (http, release)
+        }
+        RunnerVersion::Latest => {
+            let http = release::http_client(settings)?;
+            let latest = release::latest(&http, &settings.release_api(), runner_arch()).await;
+            let latest = match (latest, found) {
+                (Ok(latest), found) => {
+                    if let Some(outcome) = already_present(dir, found.as_ref(), &latest.version) {
+                        return Ok(outcome);
+                    }
+                    match (registered, found) {
+                        (false, _) => latest,
+                        // The registration belongs to the runner beside it;
+                        // replacing that is the upgrade's business, once it
+                        // is gone.
+                        (true, Some(found)) => {
+                            let reason = format!(
+                                "the install dir holds a registration; the latest release is {}",
+                                latest.version
+                            );
+                            return Ok(kept(dir, found, reason));
+                        }
+                        (true, None) => {
+                            return Err(InstallError::ConfiguredElsewhere { path: dir.clone() })
+                        }
+                    }
+                }
+                (Err(e), Some(found)) => return Ok(kept(dir, found, e.to_string())),
+                (Err(e), None) => return Err(e),
+            };
+            (http, latest)
+        }
+    };
+    let sha256 = install_release(&http, settings, owner, &wanted).await?;
+    Ok(InstallOutcome::Installed {
+        version: wanted.version,
+        sha256,
+    })
+}
+
+/// For the listener's exit code 7 (its version is deprecated): moves the
+/// install dir on to the latest release, whatever `runner.version` says (a
+/// pinned version GitHub no longer accepts must move on too), if that is
+/// newer than `current`. The new version is unpacked and verified beside
+/// the install dir and swapped in whole; `_work` and the agent's job hooks
+/// are carried over. The caller makes sure no runner process is left and
+/// no registration is held (a registration is refused as by
+/// `ensure_installed`).
+pub async fn upgrade(
+    settings: &RunnerSettings,
+    owner: Option<&RunnerUser>,
+    current: &str,
+) -> Result<UpgradeOutcome, InstallError> {
+    let http = release::http_client(settings)?;
+    let latest = release::latest(&http, &settings.release_api(), runner_arch()).await?;
+    match compare_versions(&latest.version, current) {
+        Some(Ordering::Greater) => {}
+        Some(_) => {
+            return Ok(UpgradeOutcome::NotNewer {
+                latest: latest.version,
+            })
+        }
+        // Whatever is installed, the listener said it is too old.
+        None => tracing::warn!(
+            current,
+            latest = %latest.version,
+            "the current runner version is not a version; upgrading"
+        ),
     }
+    let dir = &settings.install_dir;
     if dir.join(".runner").exists() {
         return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
     }
+    let sha256 = install_release(&http, settings, owner, &latest).await?;
+    Ok(UpgradeOutcome::Upgraded {
+        version: latest.version,
+        sha256,
+    })
+}
+
+fn already_present(dir: &Path, found: Option<&Found>, version: &str) -> Option<InstallOutcome> {
+    let found = found.filter(|f| f.version == version)?;
+    if !found.verified {
+        tracing::info!(
+            version,
+            dir = %dir.display(),
+            "runner found unpacked, not verified by runner-agent (no {} marker): its listener reports this version; using it",
+            installed::VERSION_MARKER
+        );
+    }
+    Some(InstallOutcome::AlreadyPresent {
+        version: found.version.clone(),
+        verified: found.verified,
+    })
+}
+
+fn kept(dir: &Path, found: Found, reason: String) -> InstallOutcome {
+    tracing::warn!(
+        version = %found.version,
+        dir = %dir.display(),
+        %reason,
+        "runner.version is latest, but the runner already installed is used"
+    );
+    InstallOutcome::KeptInstalled {
+        version: found.version,
+        verified: found.verified,
+        reason,
+    }
+}
+
+/// The SHA-256 a pinned version's tarball must have: `runner.sha256`, the
+/// built-in table, or the release API's digest for that tag.
+async fn pinned_digest(
+    http: &reqwest::Client,
+    settings: &RunnerSettings,
+    version: &str,
+) -> Result<String, InstallError> {
     let arch = runner_arch();
-    let http = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(DOWNLOAD_TIMEOUT)
-        .user_agent(concat!("runner-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| InstallError::Download {
-            url: settings.release_base_url.to_string(),
-            // rustls reads the system's CA store here; without one (no
-            // ca-certificates package) the build fails, even for http URLs.
-            message: format!(
-                "cannot build the HTTPS client ({}): are the system's CA certificates installed?",
-                error_chain(&e)
-            ),
-        })?;
-    let name = tarball_name(&settings.version, arch);
-    let expected = match (&settings.sha256, known_digest(&settings.version, arch)) {
-        (Some(pinned), _) => pinned.clone(),
-        (None, Some(known)) => known.to_owned(),
-        (None, None) => match &settings.release_api_url {
-            Some(api) => release_api_digest(&http, api, &settings.version, &name).await?,
-            None => {
-                return Err(InstallError::NoDigest {
-                    version: settings.version.clone(),
-                    arch: arch.to_owned(),
-                })
-            }
-        },
-    };
+    if let Some(pinned) = &settings.sha256 {
+        return Ok(pinned.clone());
+    }
+    if let Some(known) = known_digest(version, arch) {
+        return Ok(known.to_owned());
+    }
+    match &settings.release_api_url {
+        Some(api) => release::tag_digest(http, api, version, &tarball_name(version, arch)).await,
+        None => Err(InstallError::NoDigest {
+            version: version.to_owned(),
+            arch: arch.to_owned(),
+        }),
+    }
+}
+
+/// Downloads `release` from `release_base_url`, verifies it and unpacks it
+/// into the install dir; returns the digest checked.
+async fn install_release(
+    http: &reqwest::Client,
+    settings: &RunnerSettings,
+    owner: Option<&RunnerUser>,
+    release: &Release,
+) -> Result<String, InstallError> {
+    let dir = &settings.install_dir;
+    let name = tarball_name(&release.version, runner_arch());
     let url = http_url::join_segments(
         &settings.release_base_url,
-        [format!("v{}", settings.version).as_str(), &name],
+        [format!("v{}", release.version).as_str(), &name],
     )
     .to_string();
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let leaf = dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let download = parent.join(format!(".{leaf}.download-{}", std::process::id()));
-    let result = download_verified(&http, &url, &expected, &download).await;
+    let parent = dir.parent().unwrap_or(Path::new("/")).to_owned();
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let download = sibling(dir, "download");
+    let result = download_verified(http, &url, &release.sha256, &download).await;
     let result = match result {
         Ok(()) => {
-            let (download, dir, version) =
-                (download.clone(), dir.clone(), settings.version.clone());
+            let (download, dir, version) = (download.clone(), dir.clone(), release.version.clone());
             let owner = owner.cloned();
             tokio::task::spawn_blocking(move || {
                 unpack_into_place(&download, &dir, &version, owner.as_ref())
@@ -209,7 +281,7 @@ pub async fn ensure_installed(
             .await
             .unwrap_or_else(|e| {
                 Err(InstallError::Io {
-                    path: parent.to_owned(),
+                    path: parent,
                     source: std::io::Error::other(e),
                 })
             })
@@ -217,45 +289,7 @@ pub async fn ensure_installed(
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&download);
-    result.map(|()| InstallOutcome::Installed { sha256: expected })
-}
-
-async fn release_api_digest(
-    http: &reqwest::Client,
-    api: &Url,
-    version: &str,
-    asset: &str,
-) -> Result<String, InstallError> {
-    let tag = format!("v{version}");
-    let url = http_url::join_segments(
-        api,
-        ["repos", "actions", "runner", "releases", "tags", &tag],
-    )
-    .to_string();
-    let err = |message: String| InstallError::ReleaseApi {
-        url: url.clone(),
-        message,
-    };
-    let response = http
-        .get(&url)
-        .header("accept", "application/vnd.github+json")
-        .send()
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(err(format!("HTTP {}", response.status())));
-    }
-    let bytes = response.bytes().await.map_err(|e| err(e.to_string()))?;
-    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-    let digest = body["assets"]
-        .as_array()
-        .and_then(|assets| assets.iter().find(|a| a["name"] == asset))
-        .and_then(|a| a["digest"].as_str())
-        .ok_or_else(|| err(format!("no digest for asset {asset}")))?;
-    digest
-        .strip_prefix("sha256:")
-        .and_then(|hex| parse_sha256_hex(hex).ok())
-        .ok_or_else(|| err(format!("digest {digest:?} is not sha256:<64 hex>")))
+    result.map(|()| release.sha256.clone())
 }
 
 /// Streams `url` into `dest`, hashing as it goes; `dest` is removed by the
@@ -298,109 +332,8 @@ async fn download_verified(
     Ok(())
 }
 
-fn unpack_into_place(
-    tarball: &Path,
-    dir: &Path,
-    version: &str,
-    owner: Option<&RunnerUser>,
-) -> Result<(), InstallError> {
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    let leaf = dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let staging = parent.join(format!(".{leaf}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-    let result = (|| {
-        let file = std::fs::File::open(tarball).map_err(io_err(tarball))?;
-        unpack_safely(flate2::read::GzDecoder::new(file), &staging)?;
-        std::fs::write(staging.join(VERSION_MARKER), format!("{version}\n"))
-            .map_err(io_err(&staging))?;
-        if let Some(owner) = owner {
-            owner.chown_tree(&staging).map_err(io_err(&staging))?;
-        }
-        if dir.exists() {
-            let old = parent.join(format!(".{leaf}.old-{}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(io_err(dir))?;
-            let _ = std::fs::remove_dir_all(&old);
-        }
-        std::fs::rename(&staging, dir).map_err(io_err(dir))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
-}
-
-/// Unpacks a tar stream into `dest`, refusing absolute paths, `..`, links
-/// that point outside `dest`, and device or fifo entries.
-pub fn unpack_safely(reader: impl std::io::Read, dest: &Path) -> Result<(), InstallError> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(true);
-    let entries = archive.entries().map_err(io_err(dest))?;
-    for entry in entries {
-        let mut entry = entry.map_err(io_err(dest))?;
-        let path = entry.path().map_err(io_err(dest))?.into_owned();
-        let unsafe_entry = |reason: &str| InstallError::UnsafeEntry {
-            entry: path.display().to_string(),
-            reason: reason.to_owned(),
-        };
-        let depth =
-            lexical_depth(&path).ok_or_else(|| unsafe_entry("path leaves the install dir"))?;
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(io_err(dest))?
-                .ok_or_else(|| unsafe_entry("link without a target"))?
-                .into_owned();
-            let inside = if kind.is_symlink() {
-                // A symlink resolves from its own directory.
-                let parent = path.parent().unwrap_or(Path::new(""));
-                lexical_depth(&parent.join(&target)).is_some() && depth > 0
-            } else {
-                lexical_depth(&target).is_some()
-            };
-            if !inside || target.is_absolute() {
-                return Err(unsafe_entry(&format!(
-                    "link to {} escapes",
-                    target.display()
-                )));
-            }
-        } else if !(kind.is_file()
-            || kind.is_dir()
-            || kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink())
-        {
-            return Err(unsafe_entry("not a file, directory or link"));
-        }
-        entry.unpack_in(dest).map_err(io_err(dest))?;
-    }
-    Ok(())
-}
-
-/// The number of normal components of `path` after resolving `.` and `..`
-/// lexically; `None` if it is absolute or climbs above its root.
-fn lexical_depth(path: &Path) -> Option<usize> {
-    let mut depth: usize = 0;
-    for component in path.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => depth = depth.checked_sub(1)?,
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(depth)
-}
-
 /// An error and its sources, joined by ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -414,77 +347,115 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
+    use std::os::unix::fs::PermissionsExt;
 
-    fn tar_with(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (path, kind, link) in entries {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(*kind);
-            header.set_mode(0o755);
-            header.set_size(if kind.is_file() { 2 } else { 0 });
-            // Write the raw name so that hostile paths reach the reader.
-            let name = &mut header.as_old_mut().name;
-            name[..path.len()].copy_from_slice(path.as_bytes());
-            if let Some(link) = link {
-                header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            }
-            header.set_cksum();
-            let data: &[u8] = if kind.is_file() { b"hi" } else { b"" };
-            builder.append(&header, data).unwrap();
-        }
-        builder.into_inner().unwrap()
-    }
-
-    fn unpack(
-        entries: &[(&str, tar::EntryType, Option<&str>)],
-    ) -> Result<tempfile::TempDir, InstallError> {
-        let dir = tempfile::tempdir().unwrap();
-        unpack_safely(&tar_with(entries)[..], dir.path()).map(|()| dir)
-    }
-
-    #[test]
-    fn regular_layout_unpacks() {
-        use tar::EntryType as T;
-        let dir = unpack(&[
-            ("bin/", T::Directory, None),
-            ("bin/Runner.Listener", T::Regular, None),
-            ("run.sh", T::Regular, None),
-            ("bin/link", T::Symlink, Some("Runner.Listener")),
-            ("bin/up", T::Symlink, Some("../run.sh")),
-        ])
-        .unwrap();
-        assert!(dir.path().join("bin/Runner.Listener").is_file());
-        assert!(dir.path().join("bin/up").exists());
-    }
-
-    #[test]
-    fn hostile_entries_are_refused() {
-        use tar::EntryType as T;
-        let cases: &[&[(&str, T, Option<&str>)]] = &[
-            &[("/etc/evil", T::Regular, None)],
-            &[("../evil", T::Regular, None)],
-            &[("a/../../evil", T::Regular, None)],
-            &[("evil", T::Symlink, Some("/etc/passwd"))],
-            &[("a/evil", T::Symlink, Some("../../etc"))],
-            &[("evil", T::Link, Some("../outside"))],
-            &[("dev", T::Char, None)],
-        ];
-        for case in cases {
-            let err = unpack(case).expect_err(&format!("{case:?} must be refused"));
-            assert!(matches!(err, InstallError::UnsafeEntry { .. }), "{err}");
-        }
-    }
-
-    #[test]
-    fn names_and_table() {
-        assert_eq!(
-            tarball_name("2.321.0", "x64"),
-            "actions-runner-linux-x64-2.321.0.tar.gz"
+    /// Settings for a runner in `dir`, whose release API is a loopback port
+    /// nothing listens on.
+    fn settings(dir: &Path, version: &str) -> RunnerSettings {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let text = format!(
+            "table = \"t-pool\"\n[github]\nurl = \"https://github.com/acme/widgets\"\n[runner]\n\
+             version = \"{version}\"\ninstall_dir = \"{}\"\nrelease_base_url = \"http://{closed}/dl\"\n\
+             release_api_url = \"http://{closed}/api\"\n",
+            dir.display()
         );
-        assert!(known_digest("2.321.0", "x64").is_some());
-        assert!(known_digest("2.0.0", "x64").is_none());
-        for (_, _, d) in KNOWN_DIGESTS {
-            assert_eq!(parse_sha256_hex(d).as_deref(), Ok(*d));
-        }
+        Settings::from_toml(Path::new("test.toml"), &text, [])
+            .unwrap()
+            .runner
+    }
+
+    /// An unpacked runner without the marker, whose listener says `version`.
+    fn baked(dir: &Path, version: &str) {
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let listener = dir.join("bin/Runner.Listener");
+        std::fs::write(&listener, format!("#!/bin/sh\necho {version}\n")).unwrap();
+        std::fs::set_permissions(&listener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_baked_runner_of_the_pinned_version_is_used_unverified_and_unmarked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runner");
+        baked(&dir, "2.336.0");
+        let outcome = ensure_installed(&settings(&dir, "2.336.0"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            InstallOutcome::AlreadyPresent {
+                version: "2.336.0".into(),
+                verified: false
+            }
+        );
+        assert!(!dir.join(installed::VERSION_MARKER).exists());
+        // Another version pinned: not installed, so a download is tried
+        // (and fails: nothing listens).
+        let err = ensure_installed(&settings(&dir, "2.337.0"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::NoDigest { .. } | InstallError::ReleaseApi { .. }
+            ),
+            "{err}"
+        );
+        assert!(
+            dir.join("bin/Runner.Listener").is_file(),
+            "the baked runner was touched"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_registered_runner_of_another_version_is_never_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runner");
+        baked(&dir, "2.336.0");
+        std::fs::write(dir.join(".runner"), "{}").unwrap();
+        let err = ensure_installed(&settings(&dir, "2.337.0"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, InstallError::ConfiguredElsewhere { .. }),
+            "{err}"
+        );
+        let err = upgrade(&settings(&dir, "2.336.0"), None, "2.336.0")
+            .await
+            .unwrap_err();
+        // The API is asked first: nothing answers it here.
+        assert!(matches!(err, InstallError::ReleaseApi { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn latest_without_the_api_uses_what_is_installed_or_fails() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runner");
+        let err = ensure_installed(&settings(&dir, "latest"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, InstallError::ReleaseApi { .. }), "{err}");
+        assert!(!dir.exists());
+
+        baked(&dir, "2.336.0");
+        std::fs::write(dir.join(installed::VERSION_MARKER), "2.335.0\n").unwrap();
+        let outcome = ensure_installed(&settings(&dir, "latest"), None)
+            .await
+            .unwrap();
+        let InstallOutcome::KeptInstalled {
+            version,
+            verified,
+            reason,
+        } = &outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        // The marker is what runner-agent verified.
+        assert_eq!((version.as_str(), *verified), ("2.335.0", true));
+        assert!(reason.contains("release API"), "{reason}");
+        assert_eq!(outcome.version(), "2.335.0");
     }
 }

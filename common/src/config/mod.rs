@@ -18,7 +18,7 @@ mod tests;
 
 pub use duration::parse_duration;
 pub use reset::{parse_size, DockerMode, HardeningSettings, ResetSettings, DEFAULT_HOME_PATHS};
-pub use validate::is_table_name;
+pub use validate::{is_table_name, parse_runner_version};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ pub const DEFAULT_INSTALL_DIR: &str = "/opt/actions-runner";
 pub const ENV_PREFIX: &str = "RUNNER_AGENT_";
 pub const DEFAULT_RELEASE_BASE_URL: &str = "https://github.com/actions/runner/releases/download";
 pub const DEFAULT_GITHUB_SERVER: &str = "https://github.com";
+/// Where `latest` is resolved, and the upgrade asks, when
+/// `runner.release_api_url` is not set.
+pub const DEFAULT_RELEASE_API_URL: &str = "https://api.github.com";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -78,22 +81,66 @@ impl GithubRepo {
     }
 }
 
+/// `runner.version`: a release, or whatever the release API calls the
+/// latest one at the time of the install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerVersion {
+    /// Three dot-separated numbers, e.g. `2.331.0`.
+    Pinned(String),
+    Latest,
+}
+
+impl RunnerVersion {
+    pub fn pinned(&self) -> Option<&str> {
+        match self {
+            RunnerVersion::Pinned(v) => Some(v),
+            RunnerVersion::Latest => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RunnerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pinned().unwrap_or("latest"))
+    }
+}
+
+impl PartialEq<&str> for RunnerVersion {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            RunnerVersion::Pinned(v) => v == other,
+            RunnerVersion::Latest => *other == "latest",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
-    pub version: String,
-    /// 64 lower-case hexadecimal characters.
+    pub version: RunnerVersion,
+    /// 64 lower-case hexadecimal characters; never with `latest`.
     pub sha256: Option<String>,
     pub install_dir: PathBuf,
     /// `None`: the runner runs as the agent's own user.
     pub user: Option<String>,
     /// An http(s) URL; tarballs are at `<base>/v<version>/<name>`.
     pub release_base_url: Url,
-    /// Whether to ask the release API for the tarball's digest when neither
-    /// the config nor the built-in table pins one.
+    /// The release API, asked for a pinned tarball's digest when neither
+    /// the config nor the built-in table has one. With `latest` it is
+    /// always set (`DEFAULT_RELEASE_API_URL` unless configured).
     pub release_api_url: Option<Url>,
     pub allow_run_as_root: bool,
     pub stop_timeout: Duration,
     pub labels_extra: Vec<String>,
+}
+
+impl RunnerSettings {
+    /// The release API to resolve the latest release with: the configured
+    /// one, else GitHub's. An upgrade asks it whatever `version` says.
+    pub fn release_api(&self) -> Url {
+        self.release_api_url.clone().unwrap_or_else(|| {
+            crate::http_url::parse(DEFAULT_RELEASE_API_URL).expect("the default API URL parses")
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

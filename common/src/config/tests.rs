@@ -69,7 +69,9 @@ fn env_overrides_apply_and_are_validated() {
 #[test]
 fn errors_name_file_and_key() {
     let cases = [
-        (MINIMAL.replace("2.321.0", "latest"), "runner.version"),
+        (MINIMAL.replace("2.321.0", "2.321"), "runner.version"),
+        (MINIMAL.replace("2.321.0", "v2.321.0"), "runner.version"),
+        (MINIMAL.replace("2.321.0", "Latest"), "runner.version"),
         (
             MINIMAL.replace("[runner]", "[runner]\nsha256 = \"abc\""),
             "runner.sha256",
@@ -92,6 +94,66 @@ fn errors_name_file_and_key() {
         let err = load(&text, &[]).unwrap_err().to_string();
         assert!(err.contains("/etc/runner-agent/config.toml"), "{err}");
         assert!(err.contains(key), "expected {key} in {err}");
+    }
+}
+
+#[test]
+fn latest_resolves_through_the_release_api() {
+    let s = load(&MINIMAL.replace("2.321.0", "latest"), &[]).unwrap();
+    assert_eq!(s.runner.version, RunnerVersion::Latest);
+    assert_eq!(
+        s.runner.release_api_url.as_ref().map(Url::as_str),
+        Some("https://api.github.com/")
+    );
+    let s = load(
+        &MINIMAL.replace(
+            "2.321.0\"",
+            "latest\"\nrelease_api_url = \"http://127.0.0.1:9/api\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.runner.release_api().as_str(),
+        "http://127.0.0.1:9/api",
+        "the configured API wins"
+    );
+    // A pinned version asks the API only when told to, but an upgrade
+    // still knows where to ask.
+    let s = load(MINIMAL, &[("RUNNER_AGENT_RUNNER__VERSION", "2.330.1")]).unwrap();
+    assert_eq!(s.runner.version.pinned(), Some("2.330.1"));
+    assert!(s.runner.release_api_url.is_none());
+    assert_eq!(s.runner.release_api().as_str(), "https://api.github.com/");
+    let s = load(MINIMAL, &[("RUNNER_AGENT_RUNNER__VERSION", "latest")]).unwrap();
+    assert_eq!(s.runner.version.to_string(), "latest");
+
+    let err = load(
+        &MINIMAL.replace(
+            "2.321.0\"",
+            &format!("latest\"\nsha256 = \"{}\"", "a".repeat(64)),
+        ),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("key `runner.sha256`"), "{err}");
+    assert!(err.contains("latest"), "{err}");
+}
+
+#[test]
+fn runner_versions_compare_as_numbers() {
+    assert_eq!(parse_runner_version("2.331.0"), Some([2, 331, 0]));
+    assert!(parse_runner_version("2.99.0") < parse_runner_version("2.100.0"));
+    for bad in [
+        "2.331",
+        "2.331.0.1",
+        "2..0",
+        "v2.331.0",
+        "2.331.0 ",
+        "2.1234567.0",
+        "latest",
+    ] {
+        assert_eq!(parse_runner_version(bad), None, "{bad}");
     }
 }
 

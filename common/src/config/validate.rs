@@ -3,8 +3,9 @@
 
 use super::raw::{RawConfig, RawGithub};
 use super::{
-    parse_duration, ConfigError, GithubRepo, PreRunner, RunnerSettings, Settings, Timing,
-    DEFAULT_GITHUB_SERVER, DEFAULT_INSTALL_DIR, DEFAULT_RELEASE_BASE_URL, DEFAULT_STATE_DIR,
+    parse_duration, ConfigError, GithubRepo, PreRunner, RunnerSettings, RunnerVersion, Settings,
+    Timing, DEFAULT_GITHUB_SERVER, DEFAULT_INSTALL_DIR, DEFAULT_RELEASE_API_URL,
+    DEFAULT_RELEASE_BASE_URL, DEFAULT_STATE_DIR,
 };
 use crate::{digest, http_url};
 use std::path::{Path, PathBuf};
@@ -40,14 +41,28 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
     let github = github_repo(&raw.github).map_err(|(key, reason)| invalid(key, reason))?;
 
     let r = &raw.runner;
-    if !is_runner_version(&r.version) {
+    let version = if r.version == "latest" {
+        RunnerVersion::Latest
+    } else if parse_runner_version(&r.version).is_some() {
+        RunnerVersion::Pinned(r.version.clone())
+    } else {
         return Err(invalid(
             "runner.version",
-            format!("{:?} is not a version like 2.321.0", r.version),
+            format!(
+                "{:?} is neither a version like 2.321.0 nor \"latest\"",
+                r.version
+            ),
         ));
-    }
+    };
     let sha256 = match &r.sha256 {
         None => None,
+        // The latest release changes; one pinned digest cannot follow it.
+        Some(_) if version == RunnerVersion::Latest => {
+            return Err(invalid(
+                "runner.sha256",
+                "cannot pin a digest with runner.version = \"latest\": the release API's digest is checked".into(),
+            ))
+        }
         Some(s) => Some(digest::parse_sha256_hex(s).map_err(|e| invalid("runner.sha256", e))?),
     };
     let release_base_url = http_url::parse(
@@ -56,9 +71,13 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
             .unwrap_or(DEFAULT_RELEASE_BASE_URL),
     )
     .map_err(|e| invalid("runner.release_base_url", e))?;
-    let release_api_url = match &r.release_api_url {
-        None => None,
-        Some(api) => Some(http_url::parse(api).map_err(|e| invalid("runner.release_api_url", e))?),
+    // `latest` cannot be installed without asking which release that is.
+    let release_api_url = match (&r.release_api_url, &version) {
+        (None, RunnerVersion::Pinned(_)) => None,
+        (api, _) => Some(
+            http_url::parse(api.as_deref().unwrap_or(DEFAULT_RELEASE_API_URL))
+                .map_err(|e| invalid("runner.release_api_url", e))?,
+        ),
     };
     if let Some(user) = &r.user {
         if user.is_empty() || user.contains(['/', ':', '\0', ' ']) {
@@ -84,7 +103,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
     )
     .map_err(|(k, e)| invalid(k, e))?;
     let runner = RunnerSettings {
-        version: r.version.clone(),
+        version,
         sha256,
         install_dir,
         user: r.user.clone(),
@@ -289,10 +308,17 @@ pub fn is_table_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-fn is_runner_version(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
+/// An `actions/runner` version, three dot-separated numbers of 1-6 digits
+/// (`2.331.0`), as numbers that compare the way releases are ordered.
+pub fn parse_runner_version(v: &str) -> Option<[u32; 3]> {
+    let mut numbers = [0u32; 3];
+    let mut parts = v.split('.');
+    for number in &mut numbers {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 6 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *number = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(numbers)
 }

@@ -103,7 +103,7 @@ fn bad_input_names_the_field() {
 
 #[test]
 fn agent_config_errors_come_from_the_agents_parser() {
-    let text = MINIMAL.replace("2.331.0", "latest");
+    let text = MINIMAL.replace("2.331.0", "2.331");
     assert!(
         error(&text).contains("agent_config.runner.version"),
         "{}",
