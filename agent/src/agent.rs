@@ -207,6 +207,7 @@ async fn run_instance(
         resetter: Resetter::new(&settings, user.clone(), cgroup.clone()),
         settings,
         user,
+        installed: Default::default(),
     };
     let world = World {
         pool: table,

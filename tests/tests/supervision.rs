@@ -5,6 +5,7 @@
 //! JSON); the fake listener exits with the code a test asks for and runs
 //! each job in a child `Runner.Worker` (`tests/fake-runner/`).
 
+use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::control::iso;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
@@ -154,6 +155,38 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     stack.queue_job(INITIAL_RUN_ID, 1);
     wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
+    stack
+        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .await;
+}
+
+/// GitHub refuses the runner's version: the listener (asked by the agent
+/// to say so with code 7) exits, the agent installs the newer release the
+/// release API names, verified by its digest, and registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
+    const NEWER: &str = "2.400.0";
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = stack.boot_agent(&AgentSpec::default()).await;
+    stack.github.publish(NEWER);
+    exit_listener_with(&stack, 7);
+    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
+    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    let log = agent.log_text();
+    assert!(
+        log.contains("exited 7 (runner version deprecated)"),
+        "{log}"
+    );
+    assert_eq!(stack.github.downloads(NEWER), 1);
+    let marker = stack.runner_dir().join(VERSION_MARKER);
+    assert_eq!(std::fs::read_to_string(marker).unwrap().trim(), NEWER);
+    assert_eq!(stack.count_events("REMOVE"), 1, "deregistered before");
+    stack.queue_job(INITIAL_RUN_ID, 1);
+    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
+    stack
+        .cp
+        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
+        .await;
     stack
         .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
         .await;

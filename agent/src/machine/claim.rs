@@ -28,6 +28,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     pub(super) async fn wait_for_claim(&mut self) -> Result<Phase, Interrupt> {
         let mut warned_missing = false;
         loop {
+            self.upgrade_if_due().await?;
             match self.world.pool.read_instance(false).await {
                 Ok(record) => {
                     self.observe(&record);
@@ -145,13 +146,14 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         loop {
             let events = self.setup.events.clone();
             events.sleep(self.setup.timing.claimed_poll).await?;
+            let ready_again = self.upgrade_if_due().await?;
             match self.world.pool.read_claim_and_token().await {
                 Ok((record, fresh)) => {
                     self.observe(&record);
                     if record.and_then(|r| r.run_id).as_deref() != Some(run_id) {
                         return Ok(None);
                     }
-                    if &fresh != token && self.refusal().is_none() {
+                    if (ready_again || &fresh != token) && self.refusal().is_none() {
                         return Ok(Some(fresh));
                     }
                 }

@@ -17,6 +17,7 @@ mod release;
 mod reset;
 mod serve;
 mod signal;
+mod upgrade;
 pub mod world;
 
 #[cfg(test)]
@@ -86,6 +87,9 @@ pub struct Machine<P, H: RunnerHost, C> {
     /// The run whose registration a notice ended: its release is answered
     /// while out of the pool.
     left_run: Option<String>,
+    /// When the next runner upgrade is owed (after the listener reported
+    /// its version deprecated and an upgrade has not yet succeeded).
+    upgrade_due: Option<Instant>,
     last_error_log: Option<Instant>,
 }
 
@@ -100,6 +104,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             claim_token: None,
             declined: None,
             left_run: None,
+            upgrade_due: None,
             last_error_log: None,
         }
     }

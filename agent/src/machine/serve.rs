@@ -109,6 +109,14 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     );
                     return Ok(self.register_again(run_id).await);
                 }
+                if exit == ListenerExit::VersionDeprecated {
+                    tracing::error!(
+                        run_id,
+                        "runner {}: GitHub refuses this version; upgrading, then registering again",
+                        exit.describe()
+                    );
+                    return self.upgrade_for(run_id).await;
+                }
                 if restarts.started.elapsed() >= RUNNER_HEALTHY_AFTER {
                     restarts.delay = RUNNER_RESTART_FIRST;
                 }

@@ -51,6 +51,9 @@ pub trait RunnerHost: Send + Sync {
     /// Runs the pre-runner script (nothing to run is a success).
     fn pre_runner(&self) -> impl Future<Output = Result<(), String>> + Send;
     fn install(&self) -> impl Future<Output = Result<(), InstallFailure>> + Send;
+    /// Installs the latest release in place of a deprecated one (no
+    /// registration, no runner process); the version now installed.
+    fn upgrade(&self) -> impl Future<Output = Result<String, InstallFailure>> + Send;
     /// Writes the job hooks the runner calls around each job.
     fn write_hooks(&self) -> Result<(), RunnerError>;
     /// Whether the runner directory holds a registration.
@@ -151,6 +154,8 @@ pub struct LocalHost {
     pub resetter: crate::reset::Resetter,
     pub settings: crate::config::Settings,
     pub user: Option<crate::runner::user::RunnerUser>,
+    /// The runner version the install dir holds, once installed.
+    pub installed: std::sync::Mutex<Option<String>>,
 }
 
 impl RunnerHost for LocalHost {
@@ -172,6 +177,8 @@ impl RunnerHost for LocalHost {
         match install::ensure_installed(runner, self.user.as_ref()).await {
             Ok(outcome) => {
                 let version = outcome.version();
+                *self.installed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(version.to_owned());
                 match &outcome {
                     InstallOutcome::AlreadyPresent { verified, .. } => {
                         tracing::info!(version, configured = %runner.version, verified, %dir, "runner already installed")
@@ -186,6 +193,37 @@ impl RunnerHost for LocalHost {
                 }
                 Ok(())
             }
+            Err(e) => Err(InstallFailure {
+                retryable: matches!(
+                    e,
+                    InstallError::Download { .. } | InstallError::ReleaseApi { .. }
+                ),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn upgrade(&self) -> Result<String, InstallFailure> {
+        use crate::runner::install::{self, InstallError, UpgradeOutcome};
+        let current = self
+            .installed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let runner = &self.settings.runner;
+        match install::upgrade(runner, self.user.as_ref(), &current).await {
+            Ok(UpgradeOutcome::Upgraded { version, sha256 }) => {
+                tracing::info!(from = current, to = version, sha256, "runner upgraded");
+                *self.installed.lock().unwrap_or_else(|e| e.into_inner()) = Some(version.clone());
+                Ok(version)
+            }
+            // GitHub refuses what we run and has nothing newer: retried
+            // later (a release may be on its way).
+            Ok(UpgradeOutcome::NotNewer { latest }) => Err(InstallFailure {
+                retryable: true,
+                message: format!("the latest release ({latest}) is not newer than {current}"),
+            }),
             Err(e) => Err(InstallFailure {
                 retryable: matches!(
                     e,

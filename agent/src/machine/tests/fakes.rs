@@ -211,6 +211,9 @@ pub struct HostState {
     pub pre_runner_delay: Duration,
     pub installs: VecDeque<Result<(), InstallFailure>>,
     pub install_calls: usize,
+    /// Outcomes of the next upgrades; empty: success, to "2.999.0".
+    pub upgrades: VecDeque<Result<String, InstallFailure>>,
+    pub upgrade_calls: usize,
     pub configured: bool,
     /// Outcomes of the next config.sh runs; empty: success.
     pub configure_results: VecDeque<Result<(), RunnerError>>,
@@ -303,6 +306,14 @@ impl RunnerHost for FakeHost {
         let mut s = self.lock();
         s.install_calls += 1;
         s.installs.pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn upgrade(&self) -> Result<String, InstallFailure> {
+        let mut s = self.lock();
+        s.upgrade_calls += 1;
+        s.upgrades
+            .pop_front()
+            .unwrap_or_else(|| Ok("2.999.0".into()))
     }
 
     fn write_hooks(&self) -> Result<(), RunnerError> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::machine::InstallFailure;
 use crate::protocol::InstanceRecord;
 
 #[tokio::test(start_paused = true)]
@@ -160,4 +161,57 @@ async fn a_runner_dying_as_the_run_is_released_is_still_deregistered() {
     assert_eq!(h.host.lock().removes.len(), 1);
     assert!(!h.host.lock().job_active);
     assert!(h.host.running().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_conflict_registers_again_under_a_new_name() {
+    let h = Harness::started_and_serving().await;
+    h.host.runner_exits(5);
+    h.wait_until("registered again", |h| h.host.lock().configures.len() == 2)
+        .await;
+    h.wait_until("runner started again", |h| h.host.running().len() == 1)
+        .await;
+    {
+        let s = h.host.lock();
+        assert_eq!(s.removes.len(), 1, "the old registration went first");
+        assert_eq!(s.configures[1].0, format!("{INSTANCE}-2"));
+        assert_eq!(s.configures[1].1, INITIAL_RUN);
+    }
+    assert_eq!(h.pool.count(Signal::RegOk, INITIAL_RUN), 2);
+    assert_eq!(h.saved().phase.name(), "registered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deprecated_version_is_upgraded_and_the_claim_registered_again() {
+    let h = Harness::started_and_serving().await;
+    h.host.runner_exits(7);
+    h.wait_until("registered again", |h| h.host.lock().configures.len() == 2)
+        .await;
+    assert_eq!(h.host.lock().upgrade_calls, 1);
+    assert_eq!(h.host.lock().removes.len(), 1, "deregistered before");
+    h.wait_until("runner started again", |h| h.host.running().len() == 1)
+        .await;
+    assert_eq!(h.pool.count(Signal::RegFailed, INITIAL_RUN), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_upgrade_refuses_claims_until_a_retry_succeeds() {
+    let h = Harness::started_and_serving().await;
+    h.host.lock().upgrades.push_back(Err(InstallFailure {
+        retryable: true,
+        message: "release API: HTTP 503".into(),
+    }));
+    h.host.runner_exits(7);
+    h.wait_signal(Signal::RegFailed, INITIAL_RUN).await;
+    assert_eq!(h.host.lock().configures.len(), 1, "no registration");
+    // The retry (5 min later) succeeds: the claim, still held with the
+    // same token, registers.
+    h.idle_for(Duration::from_secs(290)).await;
+    assert_eq!(h.host.lock().upgrade_calls, 1);
+    h.wait_until("registered after the retry", |h| {
+        h.host.lock().configures.len() == 2
+    })
+    .await;
+    assert_eq!(h.host.lock().upgrade_calls, 2);
+    h.wait_signal(Signal::RegOk, INITIAL_RUN).await;
 }
