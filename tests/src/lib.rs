@@ -155,14 +155,29 @@ impl Stack {
     /// Waits (up to 30 s) for the worker signal `state` for `run_id`, as
     /// the control plane does; panics with the last signal seen.
     pub async fn expect_signal(&self, state: &str, run_id: &str) {
-        const TIMEOUT: Duration = Duration::from_secs(30);
+        self.expect_signal_within(state, run_id, Duration::from_secs(30))
+            .await
+    }
+
+    /// `expect_signal` with the control plane's patience for this signal
+    /// (10 s after a claim).
+    pub async fn expect_signal_within(&self, state: &str, run_id: &str, timeout: Duration) {
         if let Err(last) = self
             .cp
-            .wait_signal(&self.instance_id, state, run_id, TIMEOUT)
+            .wait_signal(&self.instance_id, state, run_id, timeout)
             .await
         {
-            panic!("no {state} for run {run_id} within {TIMEOUT:?}; last signal: {last:?}");
+            panic!("no {state} for run {run_id} within {timeout:?}; last signal: {last:?}");
         }
+    }
+
+    /// The fake runner's log lines that start with `prefix`, in order.
+    pub fn events(&self, prefix: &str) -> Vec<String> {
+        self.runner_events()
+            .into_iter()
+            .filter(|(_, e)| e.starts_with(prefix))
+            .map(|(_, e)| e)
+            .collect()
     }
 
     /// Listener processes the fake runner started that are still running:

@@ -52,12 +52,7 @@ async fn full_lifecycle_and_five_more_cycles() {
             .unwrap_or_else(|last| panic!("cycle {cycle}: not released: {last:?}"));
     }
 
-    let configures: Vec<_> = stack
-        .runner_events()
-        .into_iter()
-        .filter(|(_, e)| e.starts_with("CONFIGURE "))
-        .map(|(_, e)| e)
-        .collect();
+    let configures = stack.events("CONFIGURE ");
     assert_eq!(configures.len(), 6, "{configures:#?}");
     for (n, line) in configures.iter().enumerate() {
         assert!(line.contains(&format!("name={id}-{}", n + 1)), "{line}");

@@ -70,10 +70,8 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     );
     assert_eq!(stack.live_listeners().len(), 1);
     stack
-        .cp
-        .wait_signal(id, "UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+        .expect_signal_within("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
+        .await;
     let ran = noticed.elapsed();
     assert!(ran >= Duration::from_secs(5), "stopped after {ran:?}");
     assert_eq!(stack.count_events("JOB_END name"), 1);
@@ -82,17 +80,13 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     // The run is released: answered as failed, so the instance is not pooled.
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .cp
-        .wait_signal(id, "UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+        .expect_signal_within("UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
+        .await;
     // A new claim is refused within the control plane's 10 s.
     stack.cp.claim(id, "3000").await;
     stack
-        .cp
-        .wait_signal(id, "UD_REG_FAILED", "3000", CLAIM_WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1);
 }
 
@@ -111,10 +105,8 @@ async fn a_rebalance_recommendation_while_idle_leaves_the_pool_at_once() {
     stack.expect_signal("UD_SPOT_INTERRUPTED", "").await;
     stack.cp.claim(id, "3000").await;
     stack
-        .cp
-        .wait_signal(id, "UD_REG_FAILED", "3000", CLAIM_WAIT)
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1, "no registration");
     assert!(agent.log_text().contains("rebalance recommendation"));
 }
@@ -134,12 +126,7 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     wait_events(&stack, "LISTENER_START", 3, || agent.log_text()).await;
     let log = agent.log_text();
     assert!(log.contains("exited 5 (session conflict)"), "{log}");
-    let configures: Vec<_> = stack
-        .runner_events()
-        .into_iter()
-        .filter(|(_, e)| e.starts_with("CONFIGURE "))
-        .map(|(_, e)| e)
-        .collect();
+    let configures = stack.events("CONFIGURE ");
     let id = &stack.instance_id;
     assert!(
         configures[1].contains(&format!("name={id}-2")),

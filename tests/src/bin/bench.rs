@@ -64,6 +64,16 @@ fn find<'a>(entries: &'a [Value], message: &str, key: &str, value: &str) -> Opti
         .find(|e| e["message"] == message && e[key] == value)
 }
 
+/// When the agent logged writing `signal` for `run` (the latest such line).
+fn signal_logged(entries: &[Value], signal: &str, run: &str) -> f64 {
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| e["message"] == "signal written" && e["signal"] == signal && e["run_id"] == run)
+        .unwrap_or_else(|| panic!("{signal} for {run} not logged"));
+    unix_of(entry)
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let rank = ((p / 100.0) * (samples.len() as f64 - 1.0)).round() as usize;
@@ -270,36 +280,20 @@ async fn main() {
             .await
             .expect("released");
         let entries = log_entries(&agent);
-        let reg_ok = entries
-            .iter()
-            .find(|e| {
-                e["message"] == "signal written"
-                    && e["signal"] == "UD_REG_OK"
-                    && e["run_id"] == run.as_str()
-            })
-            .expect("UD_REG_OK logged");
         let config_ms = entries
             .iter()
             .filter(|e| e["message"] == "config.sh finished")
             .nth(n + 1)
             .and_then(|e| e["elapsed_ms"].as_f64())
             .unwrap_or(0.0);
-        let total = (unix_of(reg_ok) - claimed) * 1000.0;
+        let total = (signal_logged(&entries, "UD_REG_OK", &run) - claimed) * 1000.0;
         claim_total_ms.push(total);
         claim_ms.push(total - config_ms);
-        let removed = find(&entries, "signal written", "run_id", &run)
-            .and_then(|_| {
-                entries.iter().find(|e| {
-                    e["message"] == "signal written"
-                        && e["signal"] == "UD_REMOVE_REG_REMOVE_RUN_OK"
-                        && e["run_id"] == run.as_str()
-                })
-            })
-            .expect("REMOVE_RUN_OK logged");
         let remove_ms = find(&entries, "deregistered", "run_id", &run)
             .and_then(|e| e["elapsed_ms"].as_f64())
             .unwrap_or(0.0);
-        let total = (unix_of(removed) - released) * 1000.0;
+        let total =
+            (signal_logged(&entries, "UD_REMOVE_REG_REMOVE_RUN_OK", &run) - released) * 1000.0;
         release_total_ms.push(total);
         release_ms.push(total - remove_ms);
     }
@@ -344,22 +338,14 @@ async fn main() {
             .await
             .expect("UD_REG_OK after the same run's release");
         let entries = log_entries(&agent);
-        let reg_ok = entries
-            .iter()
-            .rev()
-            .find(|e| {
-                e["message"] == "signal written"
-                    && e["signal"] == "UD_REG_OK"
-                    && e["run_id"] == run.as_str()
-            })
-            .expect("UD_REG_OK logged");
         let config_ms = entries
             .iter()
             .rev()
             .find(|e| e["message"] == "config.sh finished")
             .and_then(|e| e["elapsed_ms"].as_f64())
             .unwrap_or(0.0);
-        reclaim_ms.push((unix_of(reg_ok) - claimed) * 1000.0 - config_ms);
+        reclaim_ms
+            .push((signal_logged(&entries, "UD_REG_OK", &run) - claimed) * 1000.0 - config_ms);
         cp.release(&id, &run, "claimed").await;
         cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
             .await
