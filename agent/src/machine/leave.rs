@@ -107,26 +107,26 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     async fn answer_out_of_pool(&mut self, current: Option<String>) {
         if let Some(left) = self.left_run.take_if(|left| current.as_ref() != Some(left)) {
             tracing::warn!(run_id = %left, "released while out of the pool: answered as failed, so the instance is not pooled");
-            let signal = Signal::RemoveRegRemoveRunFailed;
-            if write_until_stored(&self.world.pool, signal, &left, None)
-                .await
-                .is_ok()
-            {
-                self.record_signal(signal, &left);
-            }
+            self.store_signal(Signal::RemoveRegRemoveRunFailed, &left)
+                .await;
         }
         if let Some(run_id) = current {
             tracing::warn!(
                 run_id,
                 "claim refused: the instance is leaving the pool after a notice from EC2"
             );
-            let signal = Signal::RegFailed;
-            if write_until_stored(&self.world.pool, signal, &run_id, None)
-                .await
-                .is_ok()
-            {
-                self.record_signal(signal, &run_id);
-            }
+            self.store_signal(Signal::RegFailed, &run_id).await;
+        }
+    }
+
+    /// Writes `signal` until stored: a notice has been handled, so only
+    /// shutdown (the caller's guard) ends the retries.
+    async fn store_signal(&mut self, signal: Signal, run_id: &str) {
+        if write_until_stored(&self.world.pool, signal, run_id, None)
+            .await
+            .is_ok()
+        {
+            self.record_signal(signal, run_id);
         }
     }
 

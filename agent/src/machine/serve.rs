@@ -107,7 +107,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                         "runner {}: registering again under a new name",
                         exit.describe()
                     );
-                    return Ok(self.register_again(run_id).await);
+                    return self.register_again(run_id, false).await;
                 }
                 if exit == ListenerExit::VersionDeprecated {
                     tracing::error!(
@@ -115,7 +115,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                         "runner {}: GitHub refuses this version; upgrading, then registering again",
                         exit.describe()
                     );
-                    return self.upgrade_for(run_id).await;
+                    return self.register_again(run_id, true).await;
                 }
                 if restarts.started.elapsed() >= RUNNER_HEALTHY_AFTER {
                     restarts.delay = RUNNER_RESTART_FIRST;
@@ -180,13 +180,19 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         Ok(())
     }
 
-    /// Drops the registration (runner stopped, deregistered) and registers
-    /// again for the same claim with a fresh token. A crash in between
-    /// resumes as a registration that never finished: registered again.
-    async fn register_again(&mut self, run_id: &str) -> Phase {
+    /// Drops the registration (runner stopped, deregistered), upgrades the
+    /// runner first when `upgrade` (its version is deprecated: `upgrade.rs`),
+    /// and registers again for the same claim with a fresh token. A crash
+    /// in between resumes as a registration that never finished:
+    /// registered again.
+    async fn register_again(&mut self, run_id: &str, upgrade: bool) -> Result<Phase, Interrupt> {
         if let Some(registration) = self.state.phase.registration() {
             self.dismantle(registration, Signal::RemoveRegRemoveRunOk)
                 .await;
+        }
+        if upgrade {
+            self.upgrade_due = Some(Instant::now());
+            self.upgrade_if_due().await?;
         }
         self.claim_token = match self.world.pool.read_token().await {
             Ok(token) => token,
@@ -195,10 +201,10 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 None
             }
         };
-        Phase::Registering {
+        Ok(Phase::Registering {
             run_id: run_id.to_owned(),
             runner_name: None,
-        }
+        })
     }
 
     fn start_runner(&mut self, restarts: &mut Restarts) {

@@ -1,14 +1,13 @@
 //! A runner version GitHub no longer accepts: the listener exits with
 //! `RunnerVersionDeprecated` (7). No job can reach it, so the registration
-//! is dropped at once, the latest release is installed (verified like any
-//! install: `runner/install.rs`), and the claim registered again. Until an
+//! is dropped at once (`serve.rs`, `register_again`), the latest release
+//! is installed (verified like any install: `runner/install.rs`), and the
+//! claim registered again. Until an
 //! upgrade succeeds, claims are answered with `UD_REG_FAILED` and the
 //! upgrade is retried every `UPGRADE_RETRY`. The runner's own self-update
 //! stays off: it rewrites `bin/` and skips the digest check.
 
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
-use crate::protocol::Signal;
-use crate::state::Phase;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -16,27 +15,6 @@ use tokio::time::Instant;
 const UPGRADE_RETRY: Duration = Duration::from_secs(300);
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
-    /// The listener said its version is deprecated while serving `run_id`.
-    pub(super) async fn upgrade_for(&mut self, run_id: &str) -> Result<Phase, Interrupt> {
-        if let Some(registration) = self.state.phase.registration() {
-            self.dismantle(registration, Signal::RemoveRegRemoveRunOk)
-                .await;
-        }
-        self.upgrade_due = Some(Instant::now());
-        self.upgrade_if_due().await?;
-        self.claim_token = match self.world.pool.read_token().await {
-            Ok(token) => token,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading a token to register again");
-                None
-            }
-        };
-        Ok(Phase::Registering {
-            run_id: run_id.to_owned(),
-            runner_name: None,
-        })
-    }
-
     /// Tries the owed upgrade when its time has come; true when it just
     /// succeeded. Never during a job: called only from states without a
     /// running listener.
