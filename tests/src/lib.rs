@@ -8,6 +8,7 @@ pub mod docker;
 pub mod github;
 pub mod http;
 pub mod imds;
+pub mod invariants;
 pub mod moto;
 pub mod proxy;
 pub mod sandbox;
@@ -74,7 +75,7 @@ impl Stack {
         let threshold = control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(600));
         cp.put_instance(&instance_id, "created", INITIAL_RUN_ID, &threshold)
             .await;
-        cp.put_token("AAAAFAKEREGISTRATIONTOKEN", time::Duration::hours(1))
+        cp.put_token(invariants::STACK_TOKEN, time::Duration::hours(1))
             .await;
         let dir = tempfile::Builder::new()
             .prefix("ra-stack-")
