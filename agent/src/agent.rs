@@ -81,6 +81,17 @@ pub async fn aws_config(region: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// The DynamoDB client without the SDK's retries: the agent retries every
+/// call itself (polls at their next paced interval, signals until stored,
+/// the heartbeat within its window), so that a throttled table sees one
+/// request per decision, not three (`pace.rs`).
+pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _lock = crate::lockfile::lock_state_dir(&settings.state_dir)?;
     let store = StateStore::new(&settings.state_dir);
@@ -137,11 +148,7 @@ async fn run_instance(
     state.pid = Some(std::process::id());
 
     let sdk = aws_config(&id.region).await;
-    let table = Table::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &settings.table,
-        &id.instance_id,
-    );
+    let table = Table::new(dynamodb_client(&sdk), &settings.table, &id.instance_id);
     // `shutdown`: SIGTERM/SIGINT, the machine's cue to leave. `stop`: the
     // background tasks' end, after the machine's final steps (the
     // heartbeat must go on while it deregisters); `heartbeat` ends earlier

@@ -1,31 +1,43 @@
-//! The heartbeat: `TYPE#HEARTBEAT` written every interval on its own task.
-//! A failed write is logged and the next tick is the retry; nothing waits
-//! on it, so DynamoDB trouble never blocks the lifecycle.
+//! The heartbeat: `TYPE#HEARTBEAT` written every interval (±10 %) on its
+//! own task; nothing waits on it, so DynamoDB trouble never blocks the
+//! lifecycle. The control plane counts a heartbeat older than 15 s as
+//! stale, so a failed write is retried well inside that window (after 1 s,
+//! then every 2 s) rather than at the next interval: while the table takes
+//! any writes at all, one gets through in time. A run of failures is
+//! logged when it starts and when it ends.
 
 use crate::machine::Pool;
+use crate::pace::jitter;
 use std::time::Duration;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
 pub async fn run<P: Pool>(pool: P, interval: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failures = 0u32;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        match pool.put_heartbeat().await {
-            Ok(()) if failing => {
-                tracing::info!("heartbeat writes work again");
-                failing = false;
+        let wait = match pool.put_heartbeat().await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(failed_writes = failures, "heartbeat writes work again");
+                    failures = 0;
+                }
+                interval
             }
-            Ok(()) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat write failed; retrying next tick");
-                failing = true;
+                if failures == 0 {
+                    tracing::warn!(error = %e, kind = e.kind.as_str(), "heartbeat write failed; retrying every 2 s until one is stored");
+                } else {
+                    tracing::debug!(error = %e, "heartbeat write failed again");
+                }
+                failures += 1;
+                (RETRY_FIRST * failures).min(RETRY_CAP).min(interval)
             }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(wait)) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -36,19 +48,42 @@ mod tests {
     use crate::machine::tests::fakes::FakePool;
 
     #[tokio::test(start_paused = true)]
-    async fn beats_every_interval_through_failures_and_stops() {
+    async fn beats_every_interval_retries_failures_soon_and_stops() {
         let pool = FakePool::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(pool.clone(), Duration::from_secs(5), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(12_500)).await;
-        assert_eq!(pool.heartbeats(), 3, "at 0, 5 and 10 s");
+        tokio::time::sleep(Duration::from_millis(12_000)).await;
+        assert_eq!(pool.heartbeats(), 3, "at 0, ~5 and ~10 s (±10 %)");
         pool.fail_writes(true);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(pool.heartbeats(), 3, "failed writes are not stored");
         pool.fail_writes(false);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(pool.heartbeats(), 4, "the next tick is the retry");
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        assert_eq!(
+            pool.heartbeats(),
+            4,
+            "retried within 2 s, not at the next interval"
+        );
         stop.cancel();
         task.await.unwrap();
+    }
+
+    /// A table that refuses most writes: every 15 s window still holds a
+    /// stored heartbeat (the control plane's freshness).
+    #[tokio::test(start_paused = true)]
+    async fn stays_fresh_while_most_writes_are_refused() {
+        let pool = FakePool::new();
+        pool.refuse_writes_except_every(4);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(pool.clone(), Duration::from_secs(5), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let times = pool.heartbeat_times();
+        assert!(times.len() >= 8, "{times:?}");
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap < Duration::from_secs(15), "stale for {gap:?}");
+        }
     }
 }

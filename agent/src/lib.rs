@@ -13,6 +13,7 @@ pub mod lockfile;
 pub mod logging;
 pub mod machine;
 pub mod notify;
+pub mod pace;
 pub mod permissions;
 pub mod prerunner;
 pub mod protocol;

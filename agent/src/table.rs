@@ -7,7 +7,8 @@ use crate::protocol::{
     ENTITY_WORKER_SIGNAL, HEARTBEAT_VALUE, PK_HEARTBEAT, PK_INSTANCE, PK_METADATA,
     PK_WORKER_SIGNAL, SK_REGISTRATION_TOKEN,
 };
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
@@ -21,7 +22,62 @@ type Item = HashMap<String, AttributeValue>;
 pub struct TableError {
     pub operation: &'static str,
     pub table: String,
+    pub kind: ErrorKind,
     pub message: String,
+}
+
+/// What a failed call says about the table, for pacing and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// DynamoDB refused the call for want of capacity.
+    Throttled,
+    /// A 5xx: DynamoDB failed the call.
+    Server,
+    /// No answer: refused or reset connection, timeout, a cut-off body.
+    Unreachable,
+    /// Any other refusal (permissions, validation, a missing table).
+    Refused,
+}
+
+/// Error codes DynamoDB and the AWS SDKs use for "slow down".
+const THROTTLING_CODES: [&str; 4] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "Throttling",
+];
+
+impl ErrorKind {
+    /// From the error code and the HTTP status, when there was an answer.
+    pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
+        if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) || status == Some(429) {
+            return ErrorKind::Throttled;
+        }
+        match status {
+            Some(s) if s >= 500 => ErrorKind::Server,
+            Some(_) => ErrorKind::Refused,
+            None => ErrorKind::Unreachable,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Server => "server error",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Refused => "refused",
+        }
+    }
+}
+
+fn kind_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> ErrorKind {
+    // A response that could not be read (a truncated body) has a status
+    // but says nothing about the table: count it as no answer.
+    let status = match err {
+        SdkError::ServiceError(_) => err.raw_response().map(|r| r.status().as_u16()),
+        _ => None,
+    };
+    ErrorKind::classify(err.code(), status)
 }
 
 #[derive(Clone)]
@@ -44,10 +100,14 @@ impl Table {
         }
     }
 
-    fn error(&self, operation: &'static str, err: impl std::error::Error) -> TableError {
+    fn error<E>(&self, operation: &'static str, err: SdkError<E, HttpResponse>) -> TableError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
         TableError {
             operation,
             table: self.name.clone(),
+            kind: kind_of(&err),
             message: DisplayErrorContext(err).to_string(),
         }
     }
@@ -112,7 +172,12 @@ impl Table {
             .keys(Self::token_key())
             .consistent_read(true)
             .build()
-            .map_err(|e| self.error("BatchGetItem", e))?;
+            .map_err(|e| TableError {
+                operation: "BatchGetItem",
+                table: self.name.clone(),
+                kind: ErrorKind::Refused,
+                message: e.to_string(),
+            })?;
         let out = match self
             .client
             .batch_get_item()
@@ -133,8 +198,15 @@ impl Table {
             .as_ref()
             .is_some_and(|u| u.values().any(|k| !k.keys.is_empty()));
         if unprocessed {
-            // Throttled part of the batch: fall back to two plain reads.
-            return self.read_claim_and_token_apart().await;
+            // DynamoDB leaves keys unprocessed when it throttles part of a
+            // batch. Two more reads now would add load to a throttled
+            // partition: the caller retries at its next (slowed) poll.
+            return Err(TableError {
+                operation: "BatchGetItem",
+                table: self.name.clone(),
+                kind: ErrorKind::Throttled,
+                message: "keys left unprocessed (throttled)".into(),
+            });
         }
         let mut record = None;
         let mut token = None;
@@ -257,6 +329,32 @@ mod tests {
 
         let item: Item = HashMap::from([("runId".into(), AttributeValue::S("123-1".into()))]);
         assert_eq!(parse_instance(&item).run_id.as_deref(), Some("123-1"));
+    }
+
+    #[test]
+    fn errors_are_classified_by_code_then_status() {
+        let throttled =
+            ErrorKind::classify(Some("ProvisionedThroughputExceededException"), Some(400));
+        assert_eq!(throttled, ErrorKind::Throttled);
+        assert_eq!(
+            ErrorKind::classify(Some("ThrottlingException"), Some(400)),
+            ErrorKind::Throttled
+        );
+        assert_eq!(
+            ErrorKind::classify(Some("RequestLimitExceeded"), Some(503)),
+            ErrorKind::Throttled
+        );
+        assert_eq!(ErrorKind::classify(None, Some(429)), ErrorKind::Throttled);
+        assert_eq!(
+            ErrorKind::classify(Some("InternalServerError"), Some(500)),
+            ErrorKind::Server
+        );
+        assert_eq!(ErrorKind::classify(None, Some(503)), ErrorKind::Server);
+        assert_eq!(
+            ErrorKind::classify(Some("AccessDeniedException"), Some(400)),
+            ErrorKind::Refused
+        );
+        assert_eq!(ErrorKind::classify(None, None), ErrorKind::Unreachable);
     }
 
     #[test]

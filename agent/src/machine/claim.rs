@@ -27,6 +27,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     /// just released may claim this instance again at once.
     pub(super) async fn wait_for_claim(&mut self) -> Result<Phase, Interrupt> {
         let mut warned_missing = false;
+        // Agents booted together start polling at different phases.
+        let phase = self.pace.phase(self.setup.timing.idle_poll);
+        self.setup.events.sleep(phase).await?;
         loop {
             self.upgrade_if_due().await?;
             match self.world.pool.read_instance(false).await {
@@ -44,9 +47,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                         }
                     }
                 }
-                Err(e) => self.log_read_error("polling the instance record", &e),
+                Err(e) => self.read_failed("polling the instance record", &e),
             }
-            self.setup.events.sleep(self.setup.timing.idle_poll).await?;
+            self.pause(self.setup.timing.idle_poll).await?;
         }
     }
 
@@ -84,7 +87,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     runner_name: None,
                 });
             }
-            Err(e) => self.log_read_error("confirming a claim", &e),
+            Err(e) => self.read_failed("confirming a claim", &e),
         }
         None
     }
@@ -144,8 +147,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         token: &Option<RegistrationToken>,
     ) -> Result<Option<Option<RegistrationToken>>, Interrupt> {
         loop {
-            let events = self.setup.events.clone();
-            events.sleep(self.setup.timing.claimed_poll).await?;
+            self.pause(self.setup.timing.claimed_poll).await?;
             let ready_again = self.upgrade_if_due().await?;
             match self.world.pool.read_claim_and_token().await {
                 Ok((record, fresh)) => {
@@ -157,7 +159,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                         return Ok(Some(fresh));
                     }
                 }
-                Err(e) => self.log_read_error("waiting for a fresh registration token", &e),
+                Err(e) => self.read_failed("waiting for a fresh registration token", &e),
             }
         }
     }

@@ -76,7 +76,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     Some(record.and_then(|r| r.run_id).filter(|r| !r.is_empty()))
                 }
                 Err(e) => {
-                    self.log_read_error("polling the instance record", &e);
+                    self.read_failed("polling the instance record", &e);
                     None
                 }
             };
@@ -93,10 +93,10 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                             answered = current;
                         }
                     }
-                    Err(e) => self.log_read_error("confirming a claim", &e),
+                    Err(e) => self.read_failed("confirming a claim", &e),
                 }
             }
-            let pause = tokio::time::sleep(self.setup.timing.claimed_poll);
+            let pause = tokio::time::sleep(self.pace.interval(self.setup.timing.claimed_poll));
             if events.guard_shutdown(pause).await.is_err() {
                 return;
             }

@@ -24,6 +24,7 @@ pub mod world;
 pub(crate) mod tests;
 
 use crate::expiry::Observation;
+use crate::pace::{Pace, Paced};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
 pub use events::{Events, Interrupt};
@@ -67,11 +68,10 @@ pub struct Setup {
     pub heartbeat: CancellationToken,
 }
 
-/// Repeated read errors are logged at most this often.
-const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
-
 pub struct Machine<P, H: RunnerHost, C> {
-    world: World<P, H, C>,
+    /// The pool's reads feed `pace`, which sets every poll's interval.
+    world: World<Paced<P>, H, C>,
+    pace: Pace,
     setup: Setup,
     state: AgentState,
     /// The listener we supervise, while serving.
@@ -90,13 +90,19 @@ pub struct Machine<P, H: RunnerHost, C> {
     /// When the next runner upgrade is owed (after the listener reported
     /// its version deprecated and an upgrade has not yet succeeded).
     upgrade_due: Option<Instant>,
-    last_error_log: Option<Instant>,
 }
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     pub fn new(world: World<P, H, C>, setup: Setup, state: AgentState) -> Self {
+        let pace = Pace::new();
+        let world = World {
+            pool: Paced::new(world.pool, pace.clone()),
+            host: world.host,
+            clock: world.clock,
+        };
         Machine {
             world,
+            pace,
             setup,
             state,
             runner: None,
@@ -105,7 +111,6 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             declined: None,
             left_run: None,
             upgrade_due: None,
-            last_error_log: None,
         }
     }
 
@@ -177,14 +182,16 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         format_timestamp(self.world.clock.now_utc())
     }
 
-    fn log_read_error(&mut self, what: &str, error: &dyn std::fmt::Display) {
-        if self
-            .last_error_log
-            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
-        {
-            tracing::warn!(error = %error, "{what}; retrying");
-            self.last_error_log = Some(Instant::now());
-        }
+    /// A failed read, for the debug log: the pace logs each episode of
+    /// failures once, when it starts and when it ends.
+    fn read_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        tracing::debug!(error = %error, "{what}; retrying");
+    }
+
+    /// Waits one interval of a poll whose normal interval is `base`
+    /// (jittered, stretched while reads fail) unless an event comes first.
+    async fn pause(&self, base: Duration) -> Result<(), Interrupt> {
+        self.setup.events.sleep(self.pace.interval(base)).await
     }
 
     fn observe(&self, record: &Option<InstanceRecord>) {

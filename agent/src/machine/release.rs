@@ -168,10 +168,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         let record = loop {
             match self.world.pool.read_instance(true).await {
                 Ok(record) => break record,
-                Err(e) => self.log_read_error("reading the instance record to resume", &e),
+                Err(e) => self.read_failed("reading the instance record to resume", &e),
             }
-            let events = self.setup.events.clone();
-            events.sleep(self.setup.timing.claimed_poll).await?;
+            self.pause(self.setup.timing.claimed_poll).await?;
         };
         self.observe(&record);
         let still_claimed = record.and_then(|r| r.run_id).as_deref() == Some(run_id.as_str());

@@ -42,6 +42,12 @@ impl Restarts {
     }
 }
 
+/// The next read of the record, with and without a job running.
+struct NextReads {
+    claimed: Instant,
+    job: Instant,
+}
+
 /// A notice that came while a job runs: when the job is stopped.
 struct Deferred {
     notice: Notice,
@@ -63,7 +69,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     pub(super) async fn serve(&mut self, run_id: &str) -> Result<Phase, Interrupt> {
         let events = self.setup.events.clone();
         let mut restarts = Restarts::new();
-        let mut last_read = Instant::now();
+        let mut next_read = self.next_reads();
         let mut job_was_active = false;
         let mut deferred: Option<Deferred> = None;
         loop {
@@ -78,11 +84,12 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             if let Some(notice) = events.notice() {
                 self.defer_notice(run_id, notice, job_active, &mut deferred)?;
             }
-            let interval = match job_active {
-                true => self.setup.timing.job_poll,
-                false => self.setup.timing.claimed_poll,
+            // A job's start pushes the next read out to the job poll; its
+            // end brings it back to the claimed poll.
+            let due = match job_active {
+                true => next_read.job,
+                false => next_read.claimed,
             };
-            let due = last_read + interval;
             let wake = due.min(Instant::now() + MARKER_POLL);
             let runner = &mut self.runner;
             let exited = events
@@ -132,11 +139,21 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             if Instant::now() < due {
                 continue;
             }
-            last_read = Instant::now();
+            next_read = self.next_reads();
             if self.released_from(run_id).await {
                 tracing::info!(run_id, "released");
                 return Ok(self.releasing(Signal::RemoveRegRemoveRunOk));
             }
+        }
+    }
+
+    /// When to read the record next, timed from now, with and without a
+    /// job running (each jittered and stretched by the pace).
+    fn next_reads(&self) -> NextReads {
+        let now = Instant::now();
+        NextReads {
+            claimed: now + self.pace.interval(self.setup.timing.claimed_poll),
+            job: now + self.pace.interval(self.setup.timing.job_poll),
         }
     }
 
@@ -238,7 +255,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     }
                 }
                 Err(e) => {
-                    self.log_read_error("polling the instance record", &e);
+                    self.read_failed("polling the instance record", &e);
                     return false;
                 }
             }

@@ -6,8 +6,10 @@ use crate::table::TableError;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Back-off for signal writes: 100 ms, doubling, capped at 5 s, for as long
-/// as the caller's deadline allows.
+/// Back-off for signal writes: 100 ms, doubling, capped at 5 s, each
+/// jittered (a fleet throttled together must not retry together), for as
+/// long as the caller's deadline allows. Signals are not slowed by the read
+/// pace: the control plane waits for them.
 const SIGNAL_RETRY_FIRST: Duration = Duration::from_millis(100);
 const SIGNAL_RETRY_CAP: Duration = Duration::from_secs(5);
 
@@ -19,19 +21,28 @@ pub async fn write_until_stored<P: Pool>(
     deadline: Option<Instant>,
 ) -> Result<(), TableError> {
     let mut delay = SIGNAL_RETRY_FIRST;
+    let mut failures = 0u32;
     loop {
         match pool.put_signal(signal, run_id).await {
             Ok(()) => {
-                tracing::info!(signal = %signal, run_id, "signal written");
+                tracing::info!(signal = %signal, run_id, failed_writes = failures, "signal written");
                 return Ok(());
             }
             Err(e) => {
-                if deadline.is_some_and(|d| Instant::now() + delay > d) {
-                    tracing::error!(signal = %signal, run_id, error = %e, "giving up on signal: deadline reached");
+                let wait = crate::pace::jitter(delay);
+                if deadline.is_some_and(|d| Instant::now() + wait > d) {
+                    tracing::error!(signal = %signal, run_id, error = %e, failed_writes = failures + 1, "giving up on signal: deadline reached");
                     return Err(e);
                 }
-                tracing::warn!(signal = %signal, run_id, error = %e, retry_in_ms = delay.as_millis() as u64, "signal write failed; retrying");
-                tokio::time::sleep(delay).await;
+                // Once per signal, not per attempt: a throttled table may
+                // refuse dozens before one is stored.
+                if failures == 0 {
+                    tracing::warn!(signal = %signal, run_id, error = %e, kind = e.kind.as_str(), "signal write failed; retrying until it is stored");
+                } else {
+                    tracing::debug!(signal = %signal, run_id, error = %e, "signal write failed again");
+                }
+                failures += 1;
+                tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(SIGNAL_RETRY_CAP);
             }
         }

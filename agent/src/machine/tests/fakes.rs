@@ -5,7 +5,7 @@ use crate::machine::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerError};
-use crate::table::TableError;
+use crate::table::{ErrorKind, TableError};
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -19,7 +19,8 @@ fn table_error(operation: &'static str) -> TableError {
     TableError {
         operation,
         table: "fake".into(),
-        message: "injected fault".into(),
+        kind: ErrorKind::Throttled,
+        message: "injected fault: ProvisionedThroughputExceededException".into(),
     }
 }
 
@@ -64,6 +65,37 @@ pub struct PoolState {
     pub fail_writes: bool,
     pub reads: usize,
     pub consistent_reads: usize,
+    /// When each read was sent (tokio's clock), failed ones included.
+    pub read_times: Vec<Instant>,
+    /// When each heartbeat was stored.
+    pub heartbeat_times: Vec<Instant>,
+    /// Writes refused except every n-th attempt (a throttled table that
+    /// lets a few through).
+    pub writes_pass_every: Option<usize>,
+    pub write_attempts: usize,
+}
+
+impl PoolState {
+    /// Whether this write attempt is refused.
+    fn refuse_write(&mut self) -> bool {
+        self.write_attempts += 1;
+        self.fail_writes
+            || self
+                .writes_pass_every
+                .is_some_and(|n| self.write_attempts % n != 0)
+    }
+
+    fn read(&mut self, consistent: bool) -> Result<(), TableError> {
+        self.reads += 1;
+        self.read_times.push(Instant::now());
+        if consistent {
+            self.consistent_reads += 1;
+        }
+        match self.fail_reads {
+            true => Err(table_error("GetItem")),
+            false => Ok(()),
+        }
+    }
 }
 
 /// The pool's table.
@@ -128,6 +160,18 @@ impl FakePool {
         self.lock().heartbeats
     }
 
+    pub fn heartbeat_times(&self) -> Vec<Instant> {
+        self.lock().heartbeat_times.clone()
+    }
+
+    pub fn read_times(&self) -> Vec<Instant> {
+        self.lock().read_times.clone()
+    }
+
+    pub fn refuse_writes_except_every(&self, n: usize) {
+        self.lock().writes_pass_every = Some(n);
+    }
+
     pub fn reads(&self) -> usize {
         self.lock().reads
     }
@@ -136,13 +180,7 @@ impl FakePool {
 impl Pool for FakePool {
     async fn read_instance(&self, consistent: bool) -> Result<Option<InstanceRecord>, TableError> {
         let mut s = self.lock();
-        s.reads += 1;
-        if consistent {
-            s.consistent_reads += 1;
-        }
-        if s.fail_reads {
-            return Err(table_error("GetItem(instance)"));
-        }
+        s.read(consistent)?;
         match (&s.stale, consistent) {
             (Some(stale), false) => Ok(stale.clone()),
             _ => Ok(s.record.clone()),
@@ -153,25 +191,19 @@ impl Pool for FakePool {
         &self,
     ) -> Result<(Option<InstanceRecord>, Option<RegistrationToken>), TableError> {
         let mut s = self.lock();
-        s.reads += 1;
-        s.consistent_reads += 1;
-        if s.fail_reads {
-            return Err(table_error("BatchGetItem"));
-        }
+        s.read(true)?;
         Ok((s.record.clone(), s.token.clone()))
     }
 
     async fn read_token(&self) -> Result<Option<RegistrationToken>, TableError> {
-        let s = self.lock();
-        if s.fail_reads {
-            return Err(table_error("GetItem(registration token)"));
-        }
+        let mut s = self.lock();
+        s.read(true)?;
         Ok(s.token.clone())
     }
 
     async fn put_signal(&self, signal: Signal, run_id: &str) -> Result<(), TableError> {
         let mut s = self.lock();
-        if s.fail_writes {
+        if s.refuse_write() {
             return Err(table_error("PutItem(worker signal)"));
         }
         s.signals.push((signal, run_id.to_owned()));
@@ -180,10 +212,11 @@ impl Pool for FakePool {
 
     async fn put_heartbeat(&self) -> Result<(), TableError> {
         let mut s = self.lock();
-        if s.fail_writes {
+        if s.refuse_write() {
             return Err(table_error("PutItem(heartbeat)"));
         }
         s.heartbeats += 1;
+        s.heartbeat_times.push(Instant::now());
         Ok(())
     }
 }

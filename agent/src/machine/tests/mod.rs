@@ -4,6 +4,7 @@
 
 pub mod fakes;
 
+mod backoff;
 mod boot;
 mod claim;
 mod notices;
