@@ -158,6 +158,9 @@ async fn run_instance(
     let heartbeat_stop = stop.child_token();
     let (spot_tx, spot_rx) = watch::channel(None);
     let (obs_tx, obs_rx) = watch::channel(None);
+    let mut status = crate::status::Status::default();
+    status.set_phase(&state.phase);
+    let (status_tx, status_rx) = watch::channel(status);
     let mut tasks = JoinSet::new();
     tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone()).in_current_span());
     tasks.spawn(crate::notify::watchdog_loop(stop.clone()));
@@ -165,6 +168,10 @@ async fn run_instance(
         crate::heartbeat::run(
             table.clone(),
             settings.timing.heartbeat_interval,
+            crate::heartbeat::Report {
+                status: status_rx,
+                disk: settings.runner.install_dir.clone(),
+            },
             heartbeat_stop.clone(),
         )
         .in_current_span(),
@@ -207,6 +214,7 @@ async fn run_instance(
         events,
         observations: obs_tx,
         heartbeat: heartbeat_stop,
+        status: status_tx,
     };
     let cgroup = runner_cgroup(&settings, &id.instance_id);
     let host = LocalHost {

@@ -4,20 +4,35 @@
 //! stale, so a failed write is retried well inside that window (after 1 s,
 //! then every 2 s) rather than at the next interval: while the table takes
 //! any writes at all, one gets through in time. A run of failures is
-//! logged when it starts and when it ends.
+//! logged when it starts and when it ends. Each beat carries the agent's
+//! newest status and the free space on the runner's volume (`status.rs`).
 
 use crate::machine::Pool;
 use crate::pace::jitter;
+use crate::status::Status;
+use std::path::PathBuf;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// What the heartbeat reports on, besides being alive.
+pub struct Report {
+    pub status: watch::Receiver<Status>,
+    /// A path on the volume jobs write to (the runner's directory).
+    pub disk: PathBuf,
+}
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(2);
 
-pub async fn run<P: Pool>(pool: P, interval: Duration, stop: CancellationToken) {
+pub async fn run<P: Pool>(pool: P, interval: Duration, report: Report, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        let wait = match pool.put_heartbeat().await {
+        let status = report.status.borrow().clone();
+        let free_disk = crate::reset::health::room(&report.disk)
+            .ok()
+            .map(|room| room.free_bytes);
+        let wait = match pool.put_heartbeat(&status, free_disk).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(failed_writes = failures, "heartbeat writes work again");
@@ -47,11 +62,23 @@ mod tests {
     use super::*;
     use crate::machine::tests::fakes::FakePool;
 
+    fn report() -> (watch::Sender<Status>, Report) {
+        let (tx, status) = watch::channel(Status::default());
+        let disk = std::env::temp_dir();
+        (tx, Report { status, disk })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn beats_every_interval_retries_failures_soon_and_stops() {
         let pool = FakePool::new();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(pool.clone(), Duration::from_secs(5), stop.clone()));
+        let (status, report) = report();
+        let task = tokio::spawn(run(
+            pool.clone(),
+            Duration::from_secs(5),
+            report,
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(12_000)).await;
         assert_eq!(pool.heartbeats(), 3, "at 0, ~5 and ~10 s (±10 %)");
         pool.fail_writes(true);
@@ -64,6 +91,15 @@ mod tests {
             4,
             "retried within 2 s, not at the next interval"
         );
+        // The next beat carries the newest status and the volume's room.
+        status.send_modify(|s| {
+            s.state = "registered".into();
+            s.job_active = true;
+        });
+        tokio::time::sleep(Duration::from_millis(5_600)).await;
+        let (beat, free_disk) = pool.lock().last_beat.clone().unwrap();
+        assert_eq!((beat.state.as_str(), beat.job_active), ("registered", true));
+        assert!(free_disk.is_some_and(|b| b > 0));
         stop.cancel();
         task.await.unwrap();
     }
@@ -75,7 +111,13 @@ mod tests {
         let pool = FakePool::new();
         pool.refuse_writes_except_every(4);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(pool.clone(), Duration::from_secs(5), stop.clone()));
+        let (_status, report) = report();
+        let task = tokio::spawn(run(
+            pool.clone(),
+            Duration::from_secs(5),
+            report,
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_secs(120)).await;
         stop.cancel();
         task.await.unwrap();

@@ -20,6 +20,7 @@
 
 use crate::machine::Pool;
 use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
+use crate::status::Status;
 use crate::table::{ErrorKind, TableError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -173,8 +174,12 @@ impl<P: Pool> Pool for Paced<P> {
         self.pool.put_signal(signal, run_id).await
     }
 
-    async fn put_heartbeat(&self) -> Result<(), TableError> {
-        self.pool.put_heartbeat().await
+    async fn put_heartbeat(
+        &self,
+        status: &Status,
+        free_disk: Option<u64>,
+    ) -> Result<(), TableError> {
+        self.pool.put_heartbeat(status, free_disk).await
     }
 }
 

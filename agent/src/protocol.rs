@@ -14,6 +14,9 @@ pub const SK_REGISTRATION_TOKEN: &str = "ID#gh_registration_token";
 pub const ENTITY_HEARTBEAT: &str = "HEARTBEAT";
 pub const ENTITY_WORKER_SIGNAL: &str = "WS";
 pub const HEARTBEAT_VALUE: &str = "PING";
+/// The control plane counts a heartbeat older than this as unhealthy
+/// (`heartbeat-operations.ts`: a 5 s period times 3).
+pub const HEARTBEAT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub fn instance_sk(instance_id: &str) -> String {
     format!("ID#{instance_id}")

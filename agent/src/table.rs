@@ -7,6 +7,7 @@ use crate::protocol::{
     ENTITY_WORKER_SIGNAL, HEARTBEAT_VALUE, PK_HEARTBEAT, PK_INSTANCE, PK_METADATA,
     PK_WORKER_SIGNAL, SK_REGISTRATION_TOKEN,
 };
+use crate::status::Status;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
@@ -260,9 +261,16 @@ impl Table {
             .map_err(|e| self.error(operation, e))
     }
 
-    pub async fn put_heartbeat(&self) -> Result<(), TableError> {
+    /// The heartbeat, with the agent's status as extra attributes (the
+    /// control plane reads `updatedAt` only; docs/protocol.md).
+    pub async fn put_heartbeat(
+        &self,
+        status: &Status,
+        free_disk: Option<u64>,
+    ) -> Result<(), TableError> {
         let mut item = self.base_item(PK_HEARTBEAT, ENTITY_HEARTBEAT);
         item.insert("value".into(), AttributeValue::S(HEARTBEAT_VALUE.into()));
+        item.extend(status_attributes(status, free_disk));
         self.put("PutItem(heartbeat)", item).await
     }
 
@@ -278,6 +286,39 @@ impl Table {
         item.insert("value".into(), AttributeValue::M(value));
         self.put("PutItem(worker signal)", item).await
     }
+}
+
+/// The heartbeat's extra attributes; absent values are left out.
+fn status_attributes(status: &Status, free_disk: Option<u64>) -> Item {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let mut item = Item::from([
+        ("agentVersion".to_owned(), s(env!("CARGO_PKG_VERSION"))),
+        (
+            "jobActive".to_owned(),
+            AttributeValue::Bool(status.job_active),
+        ),
+    ]);
+    let optional = [
+        (
+            "agentState",
+            Some(status.state.as_str()).filter(|v| !v.is_empty()),
+        ),
+        ("runId", status.run_id.as_deref()),
+        ("runnerVersion", status.runner_version.as_deref()),
+        ("lastReset", status.last_reset.as_deref()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), s(value));
+        }
+    }
+    if let Some(bytes) = free_disk {
+        item.insert(
+            "freeDiskBytes".to_owned(),
+            AttributeValue::N(bytes.to_string()),
+        );
+    }
+    item
 }
 
 fn string_attr(item: &Item, name: &str) -> Option<String> {
@@ -355,6 +396,44 @@ mod tests {
             ErrorKind::Refused
         );
         assert_eq!(ErrorKind::classify(None, None), ErrorKind::Unreachable);
+    }
+
+    /// The largest heartbeat stays one write unit (1 KiB).
+    #[test]
+    fn a_heartbeat_with_every_attribute_at_its_longest_is_under_1_kib() {
+        let long = crate::status::shorten(&"é".repeat(1000));
+        let status = Status {
+            state: "deregistering".into(),
+            run_id: Some(crate::status::shorten(&"9".repeat(1000))),
+            job_active: true,
+            runner_version: Some("2.399.999".into()),
+            last_reset: Some(long),
+        };
+        let mut item = Table::key(PK_HEARTBEAT, &instance_sk("i-0123456789abcdef0"));
+        item.extend(status_attributes(&status, Some(u64::MAX)));
+        for (name, value) in [
+            ("entityType", ENTITY_HEARTBEAT),
+            ("identifier", "i-0123456789abcdef0"),
+            ("updatedAt", "2026-11-28T16:00:00.000Z"),
+            ("value", HEARTBEAT_VALUE),
+        ] {
+            item.insert(name.into(), AttributeValue::S(value.into()));
+        }
+        // DynamoDB's item size: attribute names plus values (UTF-8 bytes,
+        // numbers about one byte per two digits, booleans one byte).
+        let size: usize = item
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        AttributeValue::S(s) => s.len(),
+                        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+                        _ => 1,
+                    }
+            })
+            .sum();
+        assert!(size < 1024, "{size} bytes");
+        assert_eq!(item.len(), 13);
     }
 
     #[test]

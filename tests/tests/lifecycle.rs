@@ -100,6 +100,19 @@ async fn full_lifecycle_and_five_more_cycles() {
         updated.ends_with('Z') && !updated.contains('.'),
         "{updated}"
     );
+    // Our extra attributes (the control plane reads `updatedAt` only).
+    assert_eq!(
+        hb["agentVersion"].as_s().unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        hb["runnerVersion"].as_s().unwrap().starts_with("2."),
+        "{hb:?}"
+    );
+    assert!(hb["agentState"].as_s().is_ok(), "{hb:?}");
+    assert!(hb["jobActive"].as_bool().is_ok(), "{hb:?}");
+    let free: u64 = hb["freeDiskBytes"].as_n().unwrap().parse().unwrap();
+    assert!(free > 0);
 
     agent.kill(libc::SIGTERM);
     let status = agent

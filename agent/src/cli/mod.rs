@@ -1,9 +1,10 @@
-//! Command line: `run`, `status`, `check`, `install` (and the hidden
+//! Command line: `run`, `status`, `check`, `pool`, `install` (and the hidden
 //! `firewall`). Exit codes: 0 ok,
 //! 1 failure (error chain on stderr, or a failed check), 2 usage error.
 
 mod check;
 mod firewall;
+mod pool;
 mod status;
 
 use crate::config::{Settings, DEFAULT_CONFIG_PATH};
@@ -50,6 +51,9 @@ enum Command {
     /// Preflight: config, IMDS, tags, table, runner directory. Exits 1 if
     /// any check fails.
     Check,
+    /// The whole pool from its table, one line per instance (read-only;
+    /// needs dynamodb:Query only).
+    Pool(pool::PoolArgs),
     /// Download, verify and unpack the configured runner version (for
     /// baking images), then exit.
     Install,
@@ -88,6 +92,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => crate::agent::run(load()?).await.map(|()| ExitCode::SUCCESS),
         Command::Status { json } => status::run(&load()?, json),
         Command::Check => Ok(check::run(&cli.config).await),
+        Command::Pool(args) => pool::run(args).await,
         Command::Install => {
             let settings = load()?;
             let user = crate::runner::user::RunnerUser::resolve(settings.runner.user.as_deref())?;

@@ -27,6 +27,7 @@ use crate::expiry::Observation;
 use crate::pace::{Pace, Paced};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
+use crate::status::Status;
 pub use events::{Events, Interrupt};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Setup {
     /// Stops the heartbeat: once the control plane should stop counting on
     /// this instance (after `UD_FAILED`, after a notice).
     pub heartbeat: CancellationToken,
+    /// What the heartbeat reports (`status.rs`), published on every save.
+    pub status: watch::Sender<Status>,
 }
 
 pub struct Machine<P, H: RunnerHost, C> {
@@ -176,6 +179,23 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         if let Err(e) = self.setup.store.save(&self.state) {
             tracing::error!(error = %e, "saving state");
         }
+        self.publish(|status| {
+            status.set_phase(&self.state.phase);
+            status.runner_version = self.world.host.runner_version();
+            // The job hooks are read while serving only.
+            if !matches!(self.state.phase, Phase::Serving { .. }) {
+                status.job_active = false;
+            }
+        });
+    }
+
+    /// Updates the status the heartbeat reports.
+    fn publish(&self, change: impl FnOnce(&mut Status)) {
+        self.setup.status.send_if_modified(|status| {
+            let before = status.clone();
+            change(status);
+            *status != before
+        });
     }
 
     fn timestamp(&self) -> String {

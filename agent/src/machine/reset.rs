@@ -49,6 +49,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         signal: Signal,
         outcome: Result<String, String>,
     ) -> Signal {
+        self.publish(|status| status.set_reset(&outcome));
         match outcome {
             Ok(summary) => {
                 tracing::info!(run_id, %summary, "instance reset");

@@ -80,6 +80,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             if job_active != job_was_active {
                 tracing::info!(run_id, job_active, "job hook");
                 job_was_active = job_active;
+                self.publish(|status| status.job_active = job_active);
             }
             if let Some(notice) = events.notice() {
                 self.defer_notice(run_id, notice, job_active, &mut deferred)?;

@@ -7,6 +7,7 @@
 use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerControl, RunnerError, RunningRunner};
+use crate::status::Status;
 use crate::table::{Table, TableError};
 use std::future::Future;
 use std::process::ExitStatus;
@@ -32,7 +33,11 @@ pub trait Pool: Clone + Send + Sync + 'static {
         signal: Signal,
         run_id: &str,
     ) -> impl Future<Output = Result<(), TableError>> + Send;
-    fn put_heartbeat(&self) -> impl Future<Output = Result<(), TableError>> + Send;
+    fn put_heartbeat(
+        &self,
+        status: &Status,
+        free_disk: Option<u64>,
+    ) -> impl Future<Output = Result<(), TableError>> + Send;
 }
 
 /// Why installing the runner failed, and whether trying again may help
@@ -54,6 +59,8 @@ pub trait RunnerHost: Send + Sync {
     /// Installs the latest release in place of a deprecated one (no
     /// registration, no runner process); the version now installed.
     fn upgrade(&self) -> impl Future<Output = Result<String, InstallFailure>> + Send;
+    /// The runner version installed, once known.
+    fn runner_version(&self) -> Option<String>;
     /// Writes the job hooks the runner calls around each job.
     fn write_hooks(&self) -> Result<(), RunnerError>;
     /// Whether the runner directory holds a registration.
@@ -128,8 +135,12 @@ impl Pool for Table {
         Table::put_signal(self, signal, run_id).await
     }
 
-    async fn put_heartbeat(&self) -> Result<(), TableError> {
-        Table::put_heartbeat(self).await
+    async fn put_heartbeat(
+        &self,
+        status: &Status,
+        free_disk: Option<u64>,
+    ) -> Result<(), TableError> {
+        Table::put_heartbeat(self, status, free_disk).await
     }
 }
 
@@ -201,6 +212,13 @@ impl RunnerHost for LocalHost {
                 message: e.to_string(),
             }),
         }
+    }
+
+    fn runner_version(&self) -> Option<String> {
+        self.installed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn upgrade(&self) -> Result<String, InstallFailure> {

@@ -8,7 +8,7 @@
 pub mod cgroup;
 mod docker;
 mod files;
-mod health;
+pub mod health;
 mod procs;
 
 use crate::config::{DockerMode, ResetSettings, Settings};

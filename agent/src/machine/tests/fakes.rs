@@ -5,6 +5,7 @@ use crate::machine::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerError};
+use crate::status::Status;
 use crate::table::{ErrorKind, TableError};
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
@@ -73,6 +74,8 @@ pub struct PoolState {
     /// lets a few through).
     pub writes_pass_every: Option<usize>,
     pub write_attempts: usize,
+    /// What the newest heartbeat attempt carried.
+    pub last_beat: Option<(Status, Option<u64>)>,
 }
 
 impl PoolState {
@@ -210,8 +213,13 @@ impl Pool for FakePool {
         Ok(())
     }
 
-    async fn put_heartbeat(&self) -> Result<(), TableError> {
+    async fn put_heartbeat(
+        &self,
+        status: &Status,
+        free_disk: Option<u64>,
+    ) -> Result<(), TableError> {
         let mut s = self.lock();
+        s.last_beat = Some((status.clone(), free_disk));
         if s.refuse_write() {
             return Err(table_error("PutItem(heartbeat)"));
         }
@@ -256,6 +264,8 @@ pub struct HostState {
     /// The token each `config.sh remove` got.
     pub removes: Vec<Option<String>>,
     pub start_failures: usize,
+    /// What a successful install or upgrade left installed.
+    pub runner_version: Option<String>,
     pub starts: usize,
     pub next_pgid: i32,
     /// Process groups an earlier agent left running.
@@ -338,15 +348,28 @@ impl RunnerHost for FakeHost {
     async fn install(&self) -> Result<(), InstallFailure> {
         let mut s = self.lock();
         s.install_calls += 1;
-        s.installs.pop_front().unwrap_or(Ok(()))
+        let outcome = s.installs.pop_front().unwrap_or(Ok(()));
+        if outcome.is_ok() {
+            s.runner_version = Some("2.330.0".into());
+        }
+        outcome
     }
 
     async fn upgrade(&self) -> Result<String, InstallFailure> {
         let mut s = self.lock();
         s.upgrade_calls += 1;
-        s.upgrades
+        let outcome = s
+            .upgrades
             .pop_front()
-            .unwrap_or_else(|| Ok("2.999.0".into()))
+            .unwrap_or_else(|| Ok("2.999.0".into()));
+        if let Ok(version) = &outcome {
+            s.runner_version = Some(version.clone());
+        }
+        outcome
+    }
+
+    fn runner_version(&self) -> Option<String> {
+        self.lock().runner_version.clone()
     }
 
     fn write_hooks(&self) -> Result<(), RunnerError> {

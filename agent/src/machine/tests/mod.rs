@@ -18,6 +18,7 @@ use crate::expiry::Observation;
 use crate::protocol::Signal;
 use crate::spot::Notice;
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
+use crate::status::Status;
 use fakes::{token, FakeHost, FakePool, TestClock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -46,6 +47,8 @@ pub struct Harness {
     pub heartbeat: CancellationToken,
     pub notices: watch::Sender<Option<Notice>>,
     pub observations: watch::Receiver<Option<Observation>>,
+    /// What the heartbeat would report.
+    pub status: watch::Receiver<Status>,
     pub initial_run_id: Option<String>,
     pub dir: tempfile::TempDir,
     task: Option<JoinHandle<Interrupt>>,
@@ -60,6 +63,7 @@ impl Harness {
         pool.set_token(Some(token(&clock, "TOKEN-1")));
         let (notices, _) = watch::channel(None);
         let (_, observations) = watch::channel(None);
+        let (_, status) = watch::channel(Status::default());
         Harness {
             pool,
             host: FakeHost::new(),
@@ -68,6 +72,7 @@ impl Harness {
             heartbeat: CancellationToken::new(),
             notices,
             observations,
+            status,
             initial_run_id: Some(INITIAL_RUN.into()),
             dir: tempfile::tempdir().unwrap(),
             task: None,
@@ -92,8 +97,10 @@ impl Harness {
     pub fn start_with(&mut self, state: AgentState) {
         let (notices, notices_rx) = watch::channel(None);
         let (obs_tx, obs_rx) = watch::channel(None);
+        let (status_tx, status_rx) = watch::channel(Status::default());
         self.notices = notices;
         self.observations = obs_rx;
+        self.status = status_rx;
         self.shutdown = CancellationToken::new();
         self.heartbeat = CancellationToken::new();
         let setup = Setup {
@@ -104,6 +111,7 @@ impl Harness {
             events: Events::new(self.shutdown.clone(), notices_rx),
             observations: obs_tx,
             heartbeat: self.heartbeat.clone(),
+            status: status_tx,
         };
         let world = World {
             pool: self.pool.clone(),

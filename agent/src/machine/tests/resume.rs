@@ -202,6 +202,7 @@ async fn an_unwritable_state_dir_does_not_stop_the_lifecycle() {
         events: Events::new(shutdown.clone(), spot_rx),
         observations: obs_tx,
         heartbeat: CancellationToken::new(),
+        status: watch::channel(Default::default()).0,
     };
     let world = World {
         pool: h.pool.clone(),

@@ -215,3 +215,28 @@ async fn a_failed_upgrade_refuses_claims_until_a_retry_succeeds() {
     assert_eq!(h.host.lock().upgrade_calls, 2);
     h.wait_signal(Signal::RegOk, INITIAL_RUN).await;
 }
+
+/// What the heartbeat reports follows the lifecycle: state, run, job,
+/// runner version, the reset's outcome.
+#[tokio::test(start_paused = true)]
+async fn the_reported_status_follows_the_lifecycle() {
+    let h = Harness::started_and_serving().await;
+    let status = h.status.borrow().clone();
+    assert_eq!(status.state, "registered");
+    assert_eq!(status.run_id.as_deref(), Some(INITIAL_RUN));
+    assert_eq!(status.runner_version.as_deref(), Some("2.330.0"));
+    assert!(!status.job_active);
+    h.host.lock().job_active = true;
+    h.wait_until("job reported", |h| h.status.borrow().job_active)
+        .await;
+    h.host.lock().job_active = false;
+    h.pool.release();
+    h.wait_signal(Signal::RemoveRegRemoveRunOk, INITIAL_RUN)
+        .await;
+    h.wait_phase("idle").await;
+    let status = h.status.borrow().clone();
+    assert_eq!(status.state, "idle");
+    assert_eq!(status.run_id, None);
+    assert!(!status.job_active);
+    assert_eq!(status.last_reset.as_deref(), Some("ok"));
+}

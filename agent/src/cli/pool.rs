@@ -1,0 +1,56 @@
+//! `runner-agent pool`: the inspector's command line (`inspect/`). Runs on
+//! an operator's machine with their credentials, or on an instance; needs
+//! no agent configuration.
+
+use crate::inspect::{snapshot, view};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct PoolArgs {
+    /// The pool's DynamoDB table.
+    #[arg(long, env = "RUNNER_AGENT_TABLE")]
+    table: String,
+    /// AWS region (default: the SDK's, from AWS_REGION or the profile).
+    #[arg(long)]
+    region: Option<String>,
+    /// Refresh every interval (e.g. `5s`) until interrupted.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
+    /// One JSON document per refresh on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: PoolArgs) -> anyhow::Result<ExitCode> {
+    if !runner_agent_common::config::is_table_name(&args.table) {
+        anyhow::bail!("--table: {:?} is not a DynamoDB table name", args.table);
+    }
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &args.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let client = aws_sdk_dynamodb::Client::new(&loader.load().await);
+    let clear = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
+    loop {
+        let snapshot = snapshot(&client, &args.table).await?;
+        let view = view::view(&snapshot, time::OffsetDateTime::now_utc());
+        let out = match args.json {
+            true => serde_json::to_string(&view)? + "\n",
+            false => view::text(&view),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if clear {
+            // Home and clear: a refreshing table, as `watch` shows one.
+            write!(stdout, "\x1b[H\x1b[2J")?;
+        }
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        match args.watch {
+            Some(every) => tokio::time::sleep(every).await,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What the heartbeat says about the agent besides "alive": the control
+//! plane reads only the heartbeat's `updatedAt` (its
+//! `heartbeat-operations.ts`), so these attributes are for operators
+//! (`runner-agent pool`). The machine publishes a `Status` on a watch
+//! channel whenever it saves its state; the heartbeat task writes the
+//! newest one with each beat. docs/protocol.md lists the attributes.
+
+use crate::state::Phase;
+
+/// Values are cut to this many characters: the item stays one write unit
+/// (under 1 KiB) whatever a reset's error says.
+const MAX_TEXT: usize = 200;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The machine's state, as `runner-agent status` names it.
+    pub state: String,
+    /// The run the instance is claimed for, registered for or releasing.
+    pub run_id: Option<String>,
+    pub job_active: bool,
+    pub runner_version: Option<String>,
+    /// `ok`, or `failed: <why>`, once a reset has run in this process.
+    pub last_reset: Option<String>,
+}
+
+impl Status {
+    pub fn set_phase(&mut self, phase: &Phase) {
+        self.state = phase.name().to_owned();
+        self.run_id = run_id_of(phase).map(|r| shorten(&r));
+    }
+
+    pub fn set_reset(&mut self, outcome: &Result<String, String>) {
+        self.last_reset = Some(match outcome {
+            Ok(_) => "ok".to_owned(),
+            Err(why) => shorten(&format!("failed: {why}")),
+        });
+    }
+}
+
+fn run_id_of(phase: &Phase) -> Option<String> {
+    match phase {
+        Phase::Registering { run_id, .. } | Phase::Resetting { run_id, .. } => Some(run_id.clone()),
+        other => other.registration().map(|r| r.run_id),
+    }
+}
+
+pub fn shorten(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Registration;
+
+    #[test]
+    fn run_ids_come_from_every_state_that_has_one() {
+        let mut s = Status::default();
+        s.set_phase(&Phase::Idle);
+        assert_eq!((s.state.as_str(), s.run_id.as_deref()), ("idle", None));
+        s.set_phase(&Phase::Serving {
+            registration: Registration {
+                run_id: "77-1".into(),
+                runner_name: "i-1-3".into(),
+                runner_pgid: None,
+            },
+        });
+        assert_eq!(
+            (s.state.as_str(), s.run_id.as_deref()),
+            ("registered", Some("77-1"))
+        );
+        s.set_phase(&Phase::Registering {
+            run_id: "78-1".into(),
+            runner_name: None,
+        });
+        assert_eq!(s.run_id.as_deref(), Some("78-1"));
+    }
+
+    #[test]
+    fn long_reset_errors_are_cut() {
+        let mut s = Status::default();
+        s.set_reset(&Err("x".repeat(5000)));
+        let text = s.last_reset.clone().unwrap();
+        assert!(text.starts_with("failed: x") && text.chars().count() == MAX_TEXT + 1);
+        s.set_reset(&Ok("2 containers".into()));
+        assert_eq!(s.last_reset.as_deref(), Some("ok"));
+    }
+}
