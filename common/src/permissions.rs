@@ -11,6 +11,10 @@ pub const DYNAMODB_TABLE_ACTIONS: &[&str] = &[
     "dynamodb:PutItem",
 ];
 
+/// `runner-agent pool`, the operator's read-only view: one Query per
+/// partition key of the pool table, nothing else.
+pub const OPERATOR_TABLE_ACTIONS: &[&str] = &["dynamodb:Query"];
+
 /// Reads the instance's own `AllowSelfTermination` tag when instance
 /// metadata tags are off. DescribeTags has no resource-level permissions.
 pub const EC2_DESCRIBE_TAGS: &str = "ec2:DescribeTags";

@@ -147,6 +147,29 @@ impl ControlPlane {
         self.put(item).await;
     }
 
+    /// The heartbeat and worker signal of an instance run by the bash
+    /// agent: items with the protocol's attributes only (PROTOCOL.md's
+    /// item table; that agent writes them with `aws dynamodb put-item`).
+    pub async fn put_as_bash_agent(&self, id: &str, signal: &str, run_id: &str) {
+        let now = s(&iso(OffsetDateTime::now_utc()));
+        let mut beat = Self::key("TYPE#HEARTBEAT", &format!("ID#{id}"));
+        beat.insert("entityType".into(), s("HEARTBEAT"));
+        beat.insert("identifier".into(), s(id));
+        beat.insert("value".into(), s("PING"));
+        beat.insert("updatedAt".into(), now.clone());
+        self.put(beat).await;
+        let mut ws = Self::key("TYPE#WS", &format!("ID#{id}"));
+        ws.insert("entityType".into(), s("WS"));
+        ws.insert("identifier".into(), s(id));
+        let value = HashMap::from([
+            ("state".to_owned(), s(signal)),
+            ("runId".to_owned(), s(run_id)),
+        ]);
+        ws.insert("value".into(), AttributeValue::M(value));
+        ws.insert("updatedAt".into(), now);
+        self.put(ws).await;
+    }
+
     async fn put(&self, item: HashMap<String, AttributeValue>) {
         self.ddb
             .put_item()

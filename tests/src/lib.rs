@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod control;
 pub mod docker;
+pub mod fleet;
 pub mod github;
 pub mod http;
 pub mod imds;
@@ -49,6 +50,19 @@ pub struct Stack {
 
 static TABLES: AtomicU32 = AtomicU32::new(0);
 
+/// A stack's directory: the jobs dir the fake runner reads, and empty AWS
+/// config files, so nothing from the developer's ~/.aws leaks in.
+fn stack_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ra-stack-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::write(dir.path().join("no-aws-config"), "").unwrap();
+    std::fs::write(dir.path().join("no-aws-credentials"), "").unwrap();
+    dir
+}
+
 impl Stack {
     /// A fresh table and instance; the instance record says `created` for
     /// `INITIAL_RUN_ID`, as right after the control plane launched it, and
@@ -77,14 +91,6 @@ impl Stack {
             .await;
         cp.put_token(invariants::STACK_TOKEN, time::Duration::hours(1))
             .await;
-        let dir = tempfile::Builder::new()
-            .prefix("ra-stack-")
-            .tempdir()
-            .unwrap();
-        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        // Empty AWS config files: nothing from the developer's ~/.aws leaks in.
-        std::fs::write(dir.path().join("no-aws-config"), "").unwrap();
-        std::fs::write(dir.path().join("no-aws-credentials"), "").unwrap();
         Stack {
             moto,
             proxy,
@@ -92,7 +98,30 @@ impl Stack {
             github,
             cp,
             instance_id,
-            dir,
+            dir: stack_dir(),
+        }
+    }
+
+    /// Another instance of the same pool: this stack's moto, proxy, fake
+    /// GitHub and table, with its own EC2 instance (created for
+    /// `INITIAL_RUN_ID`), fake IMDS and directory. For the fleet
+    /// simulation.
+    pub async fn sibling(&self) -> Stack {
+        let options = StackOptions::default();
+        let instance_id = self.cp.launch_instance(&options.tags).await;
+        let imds = imds::FakeImds::start(&instance_id, REGION, &options.tags, true).await;
+        let threshold = control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(600));
+        self.cp
+            .put_instance(&instance_id, "created", INITIAL_RUN_ID, &threshold)
+            .await;
+        Stack {
+            moto: moto::Moto::at(&self.moto.endpoint),
+            proxy: self.proxy.clone(),
+            imds,
+            github: self.github.clone(),
+            cp: self.cp.clone(),
+            instance_id,
+            dir: stack_dir(),
         }
     }
 

@@ -20,6 +20,14 @@ fn moto_server_path() -> PathBuf {
 }
 
 impl Moto {
+    /// A server already running at `endpoint` (not stopped by this value).
+    pub fn at(endpoint: &str) -> Moto {
+        Moto {
+            _child: None,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
     pub async fn start() -> Moto {
         if let Ok(endpoint) = std::env::var("RA_MOTO_ENDPOINT") {
             return Moto {

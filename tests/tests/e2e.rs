@@ -4,8 +4,10 @@
 
 mod artifacts;
 mod cli;
+mod dynamodb_faults;
 mod faults;
 mod hardened;
+mod inspect;
 mod install;
 mod lifecycle;
 mod reset;

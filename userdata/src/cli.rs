@@ -25,7 +25,8 @@ enum Command {
     /// Render user data (stdout, or --output). Its SHA-256 goes to stderr.
     Render(RenderArgs),
     /// Print the IAM policy the instance role needs (or, with
-    /// --control-plane, the control plane's pass-role statement).
+    /// --control-plane, the control plane's pass-role statement; with
+    /// --operator, what `runner-agent pool` needs).
     IamPolicy(PolicyArgs),
 }
 
@@ -86,8 +87,12 @@ struct PolicyArgs {
     #[arg(long, default_value = "aws")]
     partition: String,
     /// The control plane's side: iam:PassRole on --role-arn, to EC2.
-    #[arg(long, requires = "role_arn")]
+    #[arg(long, requires = "role_arn", conflicts_with = "operator")]
     control_plane: bool,
+    /// An operator's read-only policy for `runner-agent pool` (Query on
+    /// the table).
+    #[arg(long)]
+    operator: bool,
     /// The instance role's ARN (with --control-plane).
     #[arg(long)]
     role_arn: Option<String>,
@@ -161,7 +166,10 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
         if !runner_agent_common::config::is_table_name(&table) {
             return Err(anyhow!("--table: {table:?} is not a DynamoDB table name"));
         }
-        policy::instance_role(&table, &scope)
+        match args.operator {
+            true => policy::operator(&table, &scope),
+            false => policy::instance_role(&table, &scope),
+        }
     };
     let mut text = serde_json::to_string_pretty(&document).expect("json");
     text.push('\n');

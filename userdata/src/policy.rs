@@ -3,7 +3,8 @@
 //! statement for that role.
 
 use runner_agent_common::permissions::{
-    DYNAMODB_TABLE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE, TAG_ALLOW_SELF_TERMINATION,
+    DYNAMODB_TABLE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE, OPERATOR_TABLE_ACTIONS,
+    TAG_ALLOW_SELF_TERMINATION,
 };
 use serde_json::{json, Value};
 
@@ -46,6 +47,26 @@ pub fn instance_role(table: &str, scope: &Scope) -> Value {
                         format!("ec2:ResourceTag/{TAG_ALLOW_SELF_TERMINATION}"): "true"
                     }
                 },
+            },
+        ],
+    })
+}
+
+/// What `runner-agent pool` needs: Query on the pool table, read-only.
+pub fn operator(table: &str, scope: &Scope) -> Value {
+    let Scope {
+        partition,
+        region,
+        account,
+    } = scope;
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "InspectPoolTable",
+                "Effect": "Allow",
+                "Action": OPERATOR_TABLE_ACTIONS,
+                "Resource": format!("arn:{partition}:dynamodb:{region}:{account}:table/{table}"),
             },
         ],
     })

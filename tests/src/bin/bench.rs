@@ -168,6 +168,13 @@ async fn reset_release_ms(runs: usize) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("fleet") {
+        if let Err(e) = stack::fleet::simulate().await {
+            eprintln!("fleet simulation: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let claims = arg("--claims", 20) as usize;
     let idle_secs = arg("--idle-seconds", 60);
     let job_secs = arg("--job-seconds", 30) as u32;
