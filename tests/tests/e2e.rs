@@ -8,6 +8,7 @@ mod faults;
 mod hardened;
 mod install;
 mod lifecycle;
+mod matrix;
 mod reset;
 mod supervision;
 mod userdata;

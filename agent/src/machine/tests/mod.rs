@@ -6,6 +6,7 @@ pub mod fakes;
 
 mod boot;
 mod claim;
+mod faults;
 mod notices;
 mod reset;
 mod resume;
