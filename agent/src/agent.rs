@@ -93,6 +93,15 @@ pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client 
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // First thing: SIGHUP's default action would kill the agent (and an
+    // operator's `kill -HUP`, or a `systemctl reload` mapped to it, must not
+    // take the runner down mid-job). Once tokio listens, the signal is only
+    // queued until `forward_os_signals` reads it.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(
+            |e| tracing::error!(error = %e, "cannot listen for SIGHUP: it would stop the agent"),
+        )
+        .ok();
     let _lock = crate::lockfile::lock_state_dir(&settings.state_dir)?;
     let store = StateStore::new(&settings.state_dir);
     let state = match store.load() {
@@ -111,7 +120,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let imds = Imds::from_env();
         let id = identity(&imds).await?;
         let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-        run_instance(settings, store, state, user, imds, id)
+        run_instance(settings, store, state, user, imds, id, hangup)
             .instrument(span)
             .await
     }
@@ -133,6 +142,7 @@ async fn run_instance(
     user: Option<RunnerUser>,
     imds: Imds,
     id: Identity,
+    hangup: Option<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     tracing::info!(region = %id.region, initial_run_id = ?id.initial_run_id, table = %settings.table, "starting");
     if state
@@ -162,7 +172,7 @@ async fn run_instance(
     status.set_phase(&state.phase);
     let (status_tx, status_rx) = watch::channel(status);
     let mut tasks = JoinSet::new();
-    tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone()).in_current_span());
+    tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone(), hangup).in_current_span());
     tasks.spawn(crate::notify::watchdog_loop(stop.clone()));
     tasks.spawn(
         crate::heartbeat::run(
@@ -280,7 +290,15 @@ async fn join_all(mut tasks: JoinSet<()>) {
     }
 }
 
-async fn forward_os_signals(shutdown: CancellationToken, stop: CancellationToken) {
+/// SIGTERM and SIGINT stop the agent. SIGHUP, the conventional "reload",
+/// is logged and otherwise ignored: the configuration shapes the runner's
+/// registration, install and reset, and changing it under a registered
+/// runner is not safe; a restart (which deregisters cleanly) applies it.
+async fn forward_os_signals(
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -289,10 +307,17 @@ async fn forward_os_signals(shutdown: CancellationToken, stop: CancellationToken
         tracing::error!("cannot listen for SIGTERM/SIGINT");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        _ = stop.cancelled() => return,
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::warn!("SIGHUP: configuration reload is not supported; restart the service to apply changes (systemctl restart runner-agent)");
+                continue;
+            }
+            _ = stop.cancelled() => return,
+        }
+        break;
     }
     shutdown.cancel();
 }

@@ -14,6 +14,9 @@ pub use runner_agent_common::permissions::TAG_ALLOW_SELF_TERMINATION;
 /// IMDS answers in well under a millisecond on a real instance; these bound
 /// a hung endpoint. The client retries (3 attempts, exponential back-off
 /// from the SDK's standard retry strategy) within `OPERATION_TIMEOUT`.
+/// The client's own read timeout (1 s by default) is raised to the attempt
+/// timeout: otherwise an IMDS answering in over a second (a loaded host,
+/// throttling) fails every call, and the agent could never boot.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +59,7 @@ impl Imds {
         Client::builder()
             .max_attempts(3)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .read_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(OPERATION_TIMEOUT)
             .build()
     }

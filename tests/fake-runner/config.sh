@@ -10,6 +10,8 @@
 # - `remove` needs a token (unattended) unless --local, and with config
 #   files missing only prints the "Skipping removing runner" message.
 # Every call is appended to $FAKE_RUNNER_LOG for the tests to inspect.
+# Faults the tests steer (below): GitHub slow (FAKE_GITHUB_LATENCY) or
+# refusing registrations (config.fail).
 set -u
 cd "$(dirname "$0")" || exit 1
 log() { [ -n "${FAKE_RUNNER_LOG:-}" ] && echo "$(date +%s.%N) $*" >> "$FAKE_RUNNER_LOG"; return 0; }
@@ -76,6 +78,21 @@ if [ -z "$token" ] || [ -z "$url" ]; then
 fi
 # Registration talks to GitHub; the tests can make that take time.
 sleep "${FAKE_GITHUB_LATENCY:-0}"
+# GitHub answering the registration with an error: $FAKE_JOBS_DIR/config.fail
+# holds how many registrations fail (one used per call). The real
+# Runner.Listener configure prints the HTTP error (as for a token GitHub no
+# longer accepts) and Program.cs returns TerminatedError (1), writing
+# nothing.
+fail_file="${FAKE_JOBS_DIR:-/nonexistent}/config.fail"
+if [ -f "$fail_file" ]; then
+    left=$(cat "$fail_file")
+    if [ "${left:-0}" -gt 0 ]; then
+        echo $((left - 1)) > "$fail_file"
+        echo "Http response code: NotFound from 'POST https://api.github.com/actions/runner-registration'"
+        log "CONFIGURE_FAILED name=$name"
+        exit 1
+    fi
+fi
 printf '{\n  "agentId": %d,\n  "agentName": "%s",\n  "poolId": 1,\n  "serverUrl": "%s",\n  "gitHubUrl": "%s",\n  "workFolder": "_work",\n  "labels": "%s"\n}\n' "$RANDOM" "$name" "$url" "$url" "$labels" > .runner
 echo '{"scheme": "OAuth"}' > .credentials
 echo '{}' > .credentials_rsaparams

@@ -248,6 +248,67 @@ impl ControlPlane {
             .expect("set threshold");
     }
 
+    /// Writes one attribute of the instance record as given (any type):
+    /// a control plane bug or a hand edit, for the malformed-item tests.
+    pub async fn set_record_attr(&self, id: &str, name: &str, value: AttributeValue) {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key("TYPE#INSTANCE", &format!("ID#{id}"))))
+            .update_expression("SET #a = :v")
+            .expression_attribute_names("#a", name)
+            .expression_attribute_values(":v", value)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "set {name}: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                )
+            });
+    }
+
+    /// Removes attributes from the instance record.
+    pub async fn remove_record_attrs(&self, id: &str, names: &[&str]) {
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key("TYPE#INSTANCE", &format!("ID#{id}"))));
+        let mut expr = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            update = update.expression_attribute_names(format!("#a{i}"), *name);
+            expr.push(format!("#a{i}"));
+        }
+        update
+            .update_expression(format!("REMOVE {}", expr.join(", ")))
+            .send()
+            .await
+            .expect("remove attributes");
+    }
+
+    /// The registration token item with `value` exactly as given (a
+    /// malformed one: not a map, fields of the wrong type).
+    pub async fn put_token_value(&self, value: AttributeValue) {
+        let mut item = Self::key("TYPE#METADATA", "ID#gh_registration_token");
+        item.insert("entityType".into(), s("METADATA"));
+        item.insert("identifier".into(), s("gh_registration_token"));
+        item.insert("updatedAt".into(), s(&iso(OffsetDateTime::now_utc())));
+        item.insert("value".into(), value);
+        self.put(item).await;
+    }
+
+    /// Deletes the registration token item.
+    pub async fn delete_token(&self) {
+        self.ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key("TYPE#METADATA", "ID#gh_registration_token")))
+            .send()
+            .await
+            .expect("delete token");
+    }
+
     /// The registration token item, with `expires_at` `valid_for` from now
     /// (negative durations write an expired token).
     pub async fn put_token(&self, token: &str, valid_for: time::Duration) {

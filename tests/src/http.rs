@@ -6,9 +6,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub type Reply = Response<Full<Bytes>>;
@@ -26,6 +26,17 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
+    serve_gated(handler, Arc::new(AtomicBool::new(true))).await
+}
+
+/// `serve`, but while `open` is false every connection is closed
+/// unanswered (new ones at once, kept-alive ones at their next request): to the client, a service that is not there (a
+/// dispatch failure, as with nothing listening).
+pub async fn serve_gated<F, Fut>(handler: F, open: Arc<AtomicBool>) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -33,11 +44,24 @@ where
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            if !open.load(Ordering::SeqCst) {
+                drop(stream);
+                continue;
+            }
             let handler = handler.clone();
+            let open = open.clone();
             tokio::spawn(async move {
+                // Kept-alive connections too: a request on one while closed
+                // is an error to hyper, which drops the connection unanswered.
                 let service = service_fn(move |req| {
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
+                    let open = open.load(Ordering::SeqCst);
+                    async move {
+                        match open {
+                            true => Ok(handler(req).await),
+                            false => Err(std::io::Error::other("service down")),
+                        }
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -4,11 +4,21 @@
 //! AWS SDK needs), 401 for a missing, unknown or expired token, 404 for
 //! anything not set (a missing tag, no spot notice), and
 //! `meta-data/tags/instance` 404 when instance-metadata tags are off.
+//!
+//! Faults, each a way the real service is seen to fail: not reachable yet
+//! early in boot (`set_down`: connections closed unanswered, a dispatch
+//! failure to the SDK, as with nothing listening); tokens refused
+//! (`reject_next`: 401 to GETs even with a token it issued, as after the
+//! instance's tokens were invalidated by a stop/start); server errors
+//! (`fail_next`: 500, which the SDK's IMDS client retries as a server-side
+//! error); slow answers (`delay`); and tokens that stop working before
+//! the TTL it echoed (`token_lifetime`: 401 once past it).
 
-use crate::http::{reply, serve, Reply};
+use crate::http::{reply, serve_gated, Reply};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +32,14 @@ pub struct ImdsState {
     /// `events/recommendations/rebalance`: `{"noticeTime": ..}` once EC2
     /// recommends it, 404 before, as the real endpoint.
     pub rebalance: Option<String>,
+    /// Answer every request this much later.
+    pub delay: Duration,
+    /// The next this many GETs get 401 whatever their token.
+    pub reject_next: u32,
+    /// The next this many requests (PUT or GET) get 500.
+    pub fail_next: u32,
+    /// Tokens stop working after this, whatever TTL was asked and echoed.
+    pub token_lifetime: Option<Duration>,
     tokens: HashMap<String, Instant>,
     issued: u64,
     pub requests: u64,
@@ -32,6 +50,8 @@ pub struct ImdsState {
 pub struct FakeImds {
     pub state: Arc<Mutex<ImdsState>>,
     pub endpoint: String,
+    /// False: the service does not answer at all (`set_down`).
+    up: Arc<AtomicBool>,
 }
 
 impl FakeImds {
@@ -52,15 +72,32 @@ impl FakeImds {
             ..Default::default()
         }));
         let shared = state.clone();
-        let addr = serve(move |req| {
-            let state = shared.clone();
-            async move { handle(&state, req) }
-        })
+        let up = Arc::new(AtomicBool::new(true));
+        let addr = serve_gated(
+            move |req| {
+                let state = shared.clone();
+                async move {
+                    let (reply, delay) = {
+                        let reply = handle(&state, req);
+                        (reply, state.lock().unwrap().delay)
+                    };
+                    tokio::time::sleep(delay).await;
+                    reply
+                }
+            },
+            up.clone(),
+        )
         .await;
         FakeImds {
             state,
             endpoint: format!("http://{addr}"),
+            up,
         }
+    }
+
+    /// Down (`true`): every connection is closed unanswered.
+    pub fn set_down(&self, down: bool) {
+        self.up.store(!down, Ordering::SeqCst);
     }
 
     pub fn set_rebalance(&self, notice: &str) {
@@ -80,6 +117,10 @@ impl FakeImds {
 fn handle(state: &Mutex<ImdsState>, req: Request<Incoming>) -> Reply {
     let mut s = state.lock().unwrap();
     s.requests += 1;
+    if s.fail_next > 0 {
+        s.fail_next -= 1;
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "");
+    }
     let path = req.uri().path().to_owned();
     if req.method() == Method::PUT && path == "/latest/api/token" {
         let ttl = req
@@ -92,8 +133,8 @@ fn handle(state: &Mutex<ImdsState>, req: Request<Incoming>) -> Reply {
         };
         s.issued += 1;
         let token = format!("fake-imds-token-{}", s.issued);
-        s.tokens
-            .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+        let lifetime = Duration::from_secs(ttl).min(s.token_lifetime.unwrap_or(Duration::MAX));
+        s.tokens.insert(token.clone(), Instant::now() + lifetime);
         let mut r = reply(StatusCode::OK, token);
         r.headers_mut()
             .insert("x-aws-ec2-metadata-token-ttl-seconds", ttl.into());
@@ -108,7 +149,11 @@ fn handle(state: &Mutex<ImdsState>, req: Request<Incoming>) -> Reply {
         .and_then(|v| v.to_str().ok())
         .and_then(|t| s.tokens.get(t))
         .is_some_and(|exp| *exp > Instant::now());
-    if !token_ok {
+    let rejected = s.reject_next > 0;
+    if rejected {
+        s.reject_next -= 1;
+    }
+    if !token_ok || rejected {
         s.unauthorized += 1;
         return reply(StatusCode::UNAUTHORIZED, "");
     }

@@ -10,6 +10,7 @@ mod hardened;
 mod inspect;
 mod install;
 mod lifecycle;
+mod matrix;
 mod reset;
 mod supervision;
 mod userdata;

@@ -37,6 +37,12 @@ const REGISTRATION_FILES: &[&str] = &[
 /// `config.sh remove` talks to GitHub; past this, only the local
 /// registration is removed.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `config.sh` (configure) talks to GitHub: seconds normally. A hung one
+/// is killed (its whole process group) past this, and counts as a failed
+/// attempt: the machine's three attempts then fit in the control plane's
+/// 180 s wait for `UD_REG_OK` after a launch, and `UD_REG_FAILED` is
+/// written instead of nothing.
+pub const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `config.sh remove --local` touches only files.
 const LOCAL_REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +66,11 @@ pub enum RunnerError {
     Failed {
         what: &'static str,
         status: ExitStatus,
+    },
+    #[error("{what} did not finish within {timeout:?}; killed")]
+    TimedOut {
+        what: &'static str,
+        timeout: Duration,
     },
     #[error("writing job hooks in {path}: {source}")]
     Hooks {
@@ -255,7 +266,16 @@ impl RunnerControl {
                 "--replace",
             ])
             .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
-        self.run_to_end(command, "config.sh", "config.sh").await
+        // On timeout the dropped future's guard kills the script's group.
+        tokio::time::timeout(
+            CONFIGURE_TIMEOUT,
+            self.run_to_end(command, "config.sh", "config.sh"),
+        )
+        .await
+        .unwrap_or(Err(RunnerError::TimedOut {
+            what: "config.sh",
+            timeout: CONFIGURE_TIMEOUT,
+        }))
     }
 
     /// Deregisters: `config.sh remove` with the token when there is one (the
@@ -468,6 +488,68 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
+
+    fn control_in(dir: &Path) -> RunnerControl {
+        let toml = format!(
+            "table = \"pool\"\n[github]\nurl = \"https://github.com/acme/widgets\"\n[runner]\nversion = \"2.321.0\"\ninstall_dir = \"{}\"\n",
+            dir.display()
+        );
+        let settings = Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap();
+        RunnerControl::new(&settings, "i-0123", None, None)
+    }
+
+    /// GitHub never answers the registration: config.sh is killed at the
+    /// timeout (its child too, the whole group), and the attempt fails, so
+    /// the machine can retry and then signal `UD_REG_FAILED`.
+    #[tokio::test]
+    async fn a_hung_config_sh_is_killed_at_the_timeout_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control_in(dir.path());
+        let script = dir.path().join("config.sh");
+        let pid_file = dir.path().join("child.pid");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nsleep 1000 &\necho $! > '{}.tmp'\nmv '{0}.tmp' '{0}'\nwait\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(async move { control.configure("TOKEN", "i-0123-1", "42").await });
+        // In real time until the script and its child run; then the clock
+        // is paused, so the 30 s pass at once.
+        while !pid_file.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::pause();
+        let err = task.await.unwrap().unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, RunnerError::TimedOut { .. }), "{err}");
+        assert!(took >= CONFIGURE_TIMEOUT, "{took:?}");
+        assert!(
+            took < CONFIGURE_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(!err.to_string().contains("TOKEN"));
+        let child: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The group got SIGKILL; give the kernel a moment to reap (real time).
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            stat.is_empty()
+                || stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        assert!(gone, "config.sh's child {child} survived the timeout");
+    }
 
     /// GitHub never answers `config.sh remove`: the local registration is
     /// removed within the timeouts, so the release's signal is not held.

@@ -284,7 +284,7 @@ pub struct HostState {
     /// At each reset: deregistrations so far, and runners still running.
     pub reset_saw: Vec<(usize, usize)>,
     pub baselines: usize,
-    /// Exit senders of the runners started, by pgid.
+    /// Exit senders (raw wait status) of the runners started, by pgid.
     pub exits: Vec<(i32, watch::Sender<Option<i32>>)>,
 }
 
@@ -306,9 +306,20 @@ impl FakeHost {
 
     /// The newest runner exits with `code`.
     pub fn runner_exits(&self, code: i32) {
+        self.runner_ends(code << 8);
+    }
+
+    /// The newest runner is killed by `signal` (SIGKILL from the OOM
+    /// killer, say).
+    pub fn runner_killed(&self, signal: i32) {
+        self.runner_ends(signal);
+    }
+
+    /// The newest runner ends with the raw wait status `status`.
+    fn runner_ends(&self, status: i32) {
         let s = self.lock();
         let (_, exit) = s.exits.last().expect("a runner was started");
-        exit.send_replace(Some(code));
+        exit.send_replace(Some(status));
     }
 
     /// Process groups started and not stopped.
@@ -476,8 +487,8 @@ impl RunnerProcess for FakeRunner {
     }
 
     async fn exited(&mut self) -> Option<ExitStatus> {
-        let code = *self.exit.wait_for(Option::is_some).await.ok()?;
-        code.map(|c| ExitStatus::from_raw(c << 8))
+        let status = *self.exit.wait_for(Option::is_some).await.ok()?;
+        status.map(ExitStatus::from_raw)
     }
 
     async fn stop(self) {

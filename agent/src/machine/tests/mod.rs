@@ -7,6 +7,7 @@ pub mod fakes;
 mod backoff;
 mod boot;
 mod claim;
+mod faults;
 mod notices;
 mod reset;
 mod resume;
