@@ -171,6 +171,7 @@ async fn run_instance(
     let mut status = crate::status::Status::default();
     status.set_phase(&state.phase);
     let (status_tx, status_rx) = watch::channel(status);
+    let pace = crate::pace::Pace::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone(), hangup).in_current_span());
     tasks.spawn(crate::notify::watchdog_loop(stop.clone()));
@@ -197,6 +198,7 @@ async fn run_instance(
         interval: settings.timing.expiry_check_interval,
         grace: settings.timing.self_termination_grace,
         observations: obs_rx,
+        pace: pace.clone(),
     };
     tasks.spawn(watchdog.run(stop.clone()).in_current_span());
     tasks.spawn(
@@ -241,7 +243,7 @@ async fn run_instance(
     };
     // Returns at shutdown (also after a notice: the machine stays out of
     // the pool until then).
-    Machine::new(world, setup, state).run().await;
+    Machine::with_pace(world, setup, state, pace).run().await;
     crate::notify::stopping();
     stop.cancel();
     join_all(tasks).await;

@@ -5,6 +5,7 @@
 
 use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION};
 use crate::machine::{Clock, Pool};
+use crate::pace::Pace;
 use crate::protocol::{judge_expiry, Expiry, InstanceRecord};
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::Filter;
@@ -127,6 +128,10 @@ pub struct Watchdog<P, T, C> {
     pub interval: Duration,
     pub grace: Duration,
     pub observations: watch::Receiver<Option<Observation>>,
+    /// The machine's read pace: while its reads fail, the watchdog does
+    /// not add reads of its own to a throttled or failing table (it could
+    /// not terminate on an unreadable record anyway).
+    pub pace: Pace,
 }
 
 impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
@@ -165,6 +170,11 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
             .filter(|o| o.at.elapsed() < self.interval * 2);
         let record = match fresh {
             Some(o) => o.record,
+            None if self.pace.backing_off() => {
+                return Err(Some(
+                    "instance record unreadable: table reads are failing".into(),
+                ))
+            }
             None => self
                 .pool
                 .read_instance(false)
@@ -241,6 +251,7 @@ mod tests {
             interval: INTERVAL,
             grace: GRACE,
             observations,
+            pace: Pace::new(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(watchdog.run(stop.clone()));

@@ -321,12 +321,30 @@ fn status_attributes(status: &Status, free_disk: Option<u64>) -> Item {
     item
 }
 
-fn string_attr(item: &Item, name: &str) -> Option<String> {
+/// A malformed item stays malformed at every poll: each attribute's
+/// problem is a warning once per process, then debug.
+fn warn_once(attribute: &'static str, message: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<&str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(attribute);
+    match first {
+        true => tracing::warn!(attribute, "{message} (logged once)"),
+        false => tracing::debug!(attribute, "{message}"),
+    }
+}
+
+fn string_attr(item: &Item, name: &'static str) -> Option<String> {
     match item.get(name)? {
         AttributeValue::S(s) => Some(s.clone()),
+        // The type only: the value may be a secret stored the wrong way.
         _ => {
-            // The type only: the value may be a secret stored the wrong way.
-            tracing::debug!(attribute = name, "ignoring attribute that is not a string");
+            warn_once(
+                name,
+                "ignoring an attribute the control plane wrote with a type other than string",
+            );
             None
         }
     }
@@ -342,7 +360,7 @@ fn parse_instance(item: &Item) -> InstanceRecord {
 
 fn parse_token(item: &Item) -> Option<RegistrationToken> {
     let Some(AttributeValue::M(value)) = item.get("value") else {
-        tracing::warn!("registration token item has no `value` map");
+        warn_once("value", "registration token item has no `value` map");
         return None;
     };
     Some(RegistrationToken {

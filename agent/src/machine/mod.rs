@@ -97,7 +97,11 @@ pub struct Machine<P, H: RunnerHost, C> {
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     pub fn new(world: World<P, H, C>, setup: Setup, state: AgentState) -> Self {
-        let pace = Pace::new();
+        Self::with_pace(world, setup, state, Pace::new())
+    }
+
+    /// `new`, with a pace shared with others (the expiry watchdog).
+    pub fn with_pace(world: World<P, H, C>, setup: Setup, state: AgentState, pace: Pace) -> Self {
         let world = World {
             pool: Paced::new(world.pool, pace.clone()),
             host: world.host,
