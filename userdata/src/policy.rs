@@ -16,6 +16,16 @@ pub struct Scope {
     pub account: String,
 }
 
+/// The pool table's ARN within `scope`.
+fn table_arn(table: &str, scope: &Scope) -> String {
+    let Scope {
+        partition,
+        region,
+        account,
+    } = scope;
+    format!("arn:{partition}:dynamodb:{region}:{account}:table/{table}")
+}
+
 pub fn instance_role(table: &str, scope: &Scope) -> Value {
     let Scope {
         partition,
@@ -29,7 +39,7 @@ pub fn instance_role(table: &str, scope: &Scope) -> Value {
                 "Sid": "PoolTableItems",
                 "Effect": "Allow",
                 "Action": DYNAMODB_TABLE_ACTIONS,
-                "Resource": format!("arn:{partition}:dynamodb:{region}:{account}:table/{table}"),
+                "Resource": table_arn(table, scope),
             },
             {
                 "Sid": "ReadSelfTerminationTag",
@@ -54,11 +64,6 @@ pub fn instance_role(table: &str, scope: &Scope) -> Value {
 
 /// What `runner-agent pool` needs: Query on the pool table, read-only.
 pub fn operator(table: &str, scope: &Scope) -> Value {
-    let Scope {
-        partition,
-        region,
-        account,
-    } = scope;
     json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -66,7 +71,7 @@ pub fn operator(table: &str, scope: &Scope) -> Value {
                 "Sid": "InspectPoolTable",
                 "Effect": "Allow",
                 "Action": OPERATOR_TABLE_ACTIONS,
-                "Resource": format!("arn:{partition}:dynamodb:{region}:{account}:table/{table}"),
+                "Resource": table_arn(table, scope),
             },
         ],
     })
