@@ -4,8 +4,8 @@
 //! else, e.g. an image bake that did not use `runner-agent install`.
 
 use super::pid::Pgid;
+use super::process::GroupKillGuard;
 use super::user::{self, RunnerUser};
-use super::GroupKillGuard;
 use crate::config::parse_runner_version;
 use std::path::Path;
 use std::process::Stdio;

@@ -6,6 +6,7 @@ pub mod exit;
 pub mod install;
 pub mod installed;
 pub mod pid;
+mod process;
 pub mod release;
 pub mod tree;
 mod unpack;
@@ -13,15 +14,14 @@ pub mod user;
 
 use crate::config::Settings;
 use crate::reset::cgroup::RunnerCgroup;
-use nix::sys::signal::{killpg, Signal};
 use pid::Pgid;
+use process::{dup_stderr, GroupKillGuard};
+pub use process::{forward_output, RunningRunner};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tracing::Instrument;
 use user::RunnerUser;
 
 /// Files the runner writes when configured; all of them must be gone
@@ -393,94 +393,6 @@ fn scrub_env(command: &mut Command) {
             command.env_remove(name);
         }
     }
-}
-
-/// Kills a process group when dropped before the group is done.
-struct GroupKillGuard(Option<Pgid>);
-
-impl Drop for GroupKillGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            if !tree::tree_members(pgid).is_empty() {
-                // Gone in between (ESRCH) is as good as killed.
-                let _ = killpg(pgid.as_pid(), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
-/// A running listener: our child, or one adopted from an earlier agent
-/// process (after a crash) that we can watch and stop but not wait on.
-pub struct RunningRunner {
-    child: Option<Child>,
-    pgid: Pgid,
-    stop_timeout: Duration,
-}
-
-/// How often an adopted runner's process group is checked for life.
-const ADOPTED_POLL: Duration = Duration::from_millis(250);
-
-impl RunningRunner {
-    pub fn pgid(&self) -> Pgid {
-        self.pgid
-    }
-
-    /// Resolves when the listener exits (with its status when it is our
-    /// child).
-    pub async fn exited(&mut self) -> Option<ExitStatus> {
-        match &mut self.child {
-            Some(child) => child.wait().await.ok(),
-            None => loop {
-                if tree::tree_members(self.pgid).is_empty() {
-                    return None;
-                }
-                tokio::time::sleep(ADOPTED_POLL).await;
-            },
-        }
-    }
-
-    /// Stops the listener and every job process under it.
-    pub async fn stop(mut self) {
-        let clean = tree::stop_tree(self.pgid, self.stop_timeout).await;
-        let status = match &mut self.child {
-            Some(child) => child.wait().await.ok(),
-            None => None,
-        };
-        tracing::info!(status = ?status, clean, "runner stopped");
-    }
-}
-
-fn dup_stderr() -> std::io::Result<Stdio> {
-    use std::os::fd::AsFd;
-    Ok(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?))
-}
-
-/// Sends a child's output into the agent's log, line by line. Bytes that
-/// are not UTF-8 (dpkg, compilers in odd locales) are replaced, never a
-/// reason to stop reading: a reader that stops would kill the child with
-/// SIGPIPE on its next write.
-pub fn forward_output(
-    source: &'static str,
-    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
-) {
-    let Some(stream) = stream else { return };
-    tokio::spawn(
-        async move {
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line);
-                        tracing::info!(target: "child_output", source, "{}", text.trim_end());
-                    }
-                }
-            }
-        }
-        .in_current_span(),
-    );
 }
 
 #[cfg(test)]
