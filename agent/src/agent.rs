@@ -158,7 +158,9 @@ async fn run_instance(
     state.pid = Some(std::process::id());
 
     let sdk = aws_config(&id.region).await;
-    let table = Table::new(dynamodb_client(&sdk), &settings.table, &id.instance_id);
+    let metrics = crate::metrics::Metrics::new();
+    let table = Table::new(dynamodb_client(&sdk), &settings.table, &id.instance_id)
+        .with_metrics(metrics.clone());
     // `shutdown`: SIGTERM/SIGINT, the machine's cue to leave. `stop`: the
     // background tasks' end, after the machine's final steps (the
     // heartbeat must go on while it deregisters); `heartbeat` ends earlier
@@ -182,6 +184,7 @@ async fn run_instance(
             crate::heartbeat::Report {
                 status: status_rx,
                 disk: settings.runner.install_dir.clone(),
+                metrics: metrics.clone(),
             },
             heartbeat_stop.clone(),
         )
@@ -206,10 +209,12 @@ async fn run_instance(
             imds,
             settings.timing.spot_poll_interval,
             spot_tx,
+            metrics.clone(),
             stop.clone(),
         )
         .in_current_span(),
     );
+    export_metrics(&settings.metrics, &metrics, &stop, &mut tasks).await;
     crate::notify::ready("booting");
 
     let events = Events::new(shutdown, spot_rx);
@@ -227,6 +232,7 @@ async fn run_instance(
         observations: obs_tx,
         heartbeat: heartbeat_stop,
         status: status_tx,
+        metrics,
     };
     let cgroup = runner_cgroup(&settings, &id.instance_id);
     let host = LocalHost {
@@ -252,6 +258,37 @@ async fn run_instance(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the outlets `[metrics]` asks for. One that cannot start (the
+/// port taken) is logged; the agent runs on without it.
+async fn export_metrics(
+    config: &crate::config::MetricsSettings,
+    metrics: &crate::metrics::Metrics,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    if let Some(address) = config.listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                let bound = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(address = %bound, "serving metrics at GET /metrics");
+                let serve = crate::metrics::serve(listener, metrics.clone(), stop.clone());
+                tasks.spawn(serve.in_current_span());
+            }
+            Err(e) => {
+                tracing::error!(%address, error = %e, "cannot serve metrics; running without the endpoint")
+            }
+        }
+    }
+    if let Some(path) = &config.textfile {
+        tracing::info!(path = %path.display(), "writing metrics for node_exporter's textfile collector");
+        let write = crate::metrics::keep_written(path.clone(), metrics.clone(), stop.clone());
+        tasks.spawn(write.in_current_span());
+    }
 }
 
 /// The cgroup every runner process is born into, so that the reset can

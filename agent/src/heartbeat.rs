@@ -8,6 +8,7 @@
 //! newest status and the free space on the runner's volume (`status.rs`).
 
 use crate::machine::Pool;
+use crate::metrics::Metrics;
 use crate::pace::jitter;
 use crate::status::Status;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub struct Report {
     pub status: watch::Receiver<Status>,
     /// A path on the volume jobs write to (the runner's directory).
     pub disk: PathBuf,
+    pub metrics: Metrics,
 }
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -41,6 +43,7 @@ pub async fn run<P: Pool>(pool: P, interval: Duration, report: Report, stop: Can
                 interval
             }
             Err(e) => {
+                report.metrics.heartbeat_failed();
                 if failures == 0 {
                     tracing::warn!(error = %e, kind = e.kind.as_str(), "heartbeat write failed; retrying every 2 s until one is stored");
                 } else {
@@ -65,7 +68,15 @@ mod tests {
     fn report() -> (watch::Sender<Status>, Report) {
         let (tx, status) = watch::channel(Status::default());
         let disk = std::env::temp_dir();
-        (tx, Report { status, disk })
+        let metrics = Metrics::new();
+        (
+            tx,
+            Report {
+                status,
+                disk,
+                metrics,
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod lockfile;
 pub mod logging;
 pub mod machine;
+pub mod metrics;
 pub mod notify;
 pub mod pace;
 pub mod permissions;

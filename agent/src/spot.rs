@@ -7,6 +7,7 @@
 //! (`machine/serve.rs`).
 
 use crate::imds::{Imds, MetadataError};
+use crate::metrics::Metrics;
 use crate::protocol::parse_timestamp;
 use std::future::Future;
 use std::time::Duration;
@@ -105,6 +106,7 @@ pub async fn watch_for_notices<S: NoticeSource>(
     source: S,
     interval: Duration,
     notices: watch::Sender<Option<Notice>>,
+    metrics: Metrics,
     stop: CancellationToken,
 ) {
     let mut rebalance_seen = false;
@@ -113,6 +115,7 @@ pub async fn watch_for_notices<S: NoticeSource>(
             Ok(Some(body)) => {
                 let notice = Notice::interruption(&body, OffsetDateTime::now_utc());
                 tracing::warn!(notice = %body, "{}", notice.describe());
+                metrics.notice("spot_interruption");
                 let _ = notices.send(Some(notice));
                 return;
             }
@@ -124,6 +127,7 @@ pub async fn watch_for_notices<S: NoticeSource>(
                 Ok(Some(body)) => {
                     tracing::warn!(notice = %body.trim(), "rebalance recommendation");
                     rebalance_seen = true;
+                    metrics.notice("rebalance");
                     let _ = notices.send(Some(Notice::Rebalance));
                 }
                 Ok(None) => {}
@@ -187,10 +191,12 @@ mod tests {
             ..Default::default()
         };
         let (tx, mut rx) = watch::channel(None);
+        let metrics = Metrics::new();
         let task = tokio::spawn(watch_for_notices(
             source,
             Duration::from_secs(5),
             tx,
+            metrics.clone(),
             CancellationToken::new(),
         ));
         rx.wait_for(Option::is_some).await.unwrap();
@@ -220,10 +226,12 @@ mod tests {
             ))])),
         };
         let (tx, mut rx) = watch::channel(None);
+        let metrics = Metrics::new();
         let task = tokio::spawn(watch_for_notices(
             source,
             Duration::from_secs(5),
             tx,
+            metrics.clone(),
             CancellationToken::new(),
         ));
         rx.wait_for(|n| n == &Some(Notice::Rebalance))
@@ -233,6 +241,11 @@ mod tests {
             .await
             .unwrap();
         task.await.unwrap();
+        let text = metrics.render();
+        for kind in ["rebalance", "spot_interruption"] {
+            let series = format!("runner_agent_notices_total{{kind=\"{kind}\"}}");
+            assert_eq!(crate::metrics::sample(&text, &series), Some(1.0), "{text}");
+        }
     }
 
     #[test]
@@ -263,6 +276,7 @@ mod tests {
             Scripted::default(),
             Duration::from_secs(5),
             tx,
+            Metrics::new(),
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_secs(60)).await;

@@ -2,6 +2,7 @@
 //! counts for the benchmark are taken outside the agent, by the test
 //! stack's proxy.)
 
+use crate::metrics::Metrics;
 use crate::protocol::{
     instance_sk, now_timestamp, InstanceRecord, RegistrationToken, Signal, ENTITY_HEARTBEAT,
     ENTITY_WORKER_SIGNAL, HEARTBEAT_VALUE, PK_HEARTBEAT, PK_INSTANCE, PK_METADATA,
@@ -89,6 +90,8 @@ pub struct Table {
     /// BatchGetItem was refused by the instance role's policy (one narrowed
     /// to GetItem/PutItem): claims are confirmed with two GetItems.
     batch_denied: Arc<AtomicBool>,
+    /// Counts failed calls, when the agent runs (not for `runner-agent pool`).
+    metrics: Option<Metrics>,
 }
 
 impl Table {
@@ -98,6 +101,27 @@ impl Table {
             name: name.to_owned(),
             batch_denied: Arc::default(),
             instance_id: instance_id.to_owned(),
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(self, metrics: Metrics) -> Table {
+        Table {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// Every failed call's error passes here, to be counted.
+    fn failed(&self, operation: &'static str, kind: ErrorKind, message: String) -> TableError {
+        if let Some(metrics) = &self.metrics {
+            metrics.dynamodb_error(operation, kind);
+        }
+        TableError {
+            operation,
+            table: self.name.clone(),
+            kind,
+            message,
         }
     }
 
@@ -105,12 +129,11 @@ impl Table {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        TableError {
+        self.failed(
             operation,
-            table: self.name.clone(),
-            kind: kind_of(&err),
-            message: DisplayErrorContext(err).to_string(),
-        }
+            kind_of(&err),
+            DisplayErrorContext(err).to_string(),
+        )
     }
 
     fn key(pk: &str, sk: &str) -> Item {
@@ -173,12 +196,7 @@ impl Table {
             .keys(Self::token_key())
             .consistent_read(true)
             .build()
-            .map_err(|e| TableError {
-                operation: "BatchGetItem",
-                table: self.name.clone(),
-                kind: ErrorKind::Refused,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.failed("BatchGetItem", ErrorKind::Refused, e.to_string()))?;
         let out = match self
             .client
             .batch_get_item()
@@ -202,12 +220,11 @@ impl Table {
             // DynamoDB leaves keys unprocessed when it throttles part of a
             // batch. Two more reads now would add load to a throttled
             // partition: the caller retries at its next (slowed) poll.
-            return Err(TableError {
-                operation: "BatchGetItem",
-                table: self.name.clone(),
-                kind: ErrorKind::Throttled,
-                message: "keys left unprocessed (throttled)".into(),
-            });
+            return Err(self.failed(
+                "BatchGetItem",
+                ErrorKind::Throttled,
+                "keys left unprocessed (throttled)".into(),
+            ));
         }
         let mut record = None;
         let mut token = None;

@@ -55,6 +55,8 @@ pub struct AgentSpec {
     /// stack's default for it (home and temp dirs inside the stack dir,
     /// docker off), so no test cleans the machine's own home or /tmp.
     pub reset: Vec<String>,
+    /// TOML appended after everything else (whole tables: `[metrics]`).
+    pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
 }
 
@@ -125,7 +127,7 @@ impl Stack {
                 toml.push('\n');
             }
         }
-        for line in &spec.reset {
+        for line in spec.reset.iter().chain(&spec.extra) {
             toml.push_str(line);
             toml.push('\n');
         }

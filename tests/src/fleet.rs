@@ -115,8 +115,7 @@ fn watch_signals(
             if let Ok(items) = query(&cp, "TYPE#WS").await {
                 let now = Instant::now();
                 let mut seen = seen.lock().unwrap();
-                for item in items {
-                    let id = item.get("identifier").and_then(|v| v.as_s().ok()).cloned();
+                for (id, item) in items {
                     let value = item.get("value").and_then(|v| v.as_m().ok());
                     let field = |k: &str| {
                         value
@@ -124,8 +123,7 @@ fn watch_signals(
                             .and_then(|v| v.as_s().ok())
                             .cloned()
                     };
-                    if let (Some(id), Some(state), Some(run)) = (id, field("state"), field("runId"))
-                    {
+                    if let (Some(state), Some(run)) = (field("state"), field("runId")) {
                         seen.entry((id, state, run)).or_insert(now);
                     }
                 }
@@ -137,20 +135,12 @@ fn watch_signals(
 
 type Item = HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
 
-async fn query(cp: &crate::control::ControlPlane, pk: &str) -> anyhow::Result<Vec<Item>> {
-    let mut items = Vec::new();
-    let mut pages = cp
-        .ddb
-        .query()
-        .table_name(&cp.table)
-        .key_condition_expression("PK = :pk")
-        .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        items.extend(page?.items.unwrap_or_default());
-    }
-    Ok(items)
+/// Every item under `pk`, by instance id: the inspector's paged Query.
+async fn query(
+    cp: &crate::control::ControlPlane,
+    pk: &str,
+) -> anyhow::Result<BTreeMap<String, Item>> {
+    runner_agent::inspect::query(&cp.ddb, &cp.table, pk).await
 }
 
 /// Every second, the heartbeats' ages: per phase, the instances whose
@@ -166,8 +156,7 @@ fn watch_heartbeats(
             let current = *phase.lock().unwrap();
             if let (Some(current), Ok(items)) = (current, query(&cp, "TYPE#HEARTBEAT").await) {
                 let now = OffsetDateTime::now_utc();
-                for item in items {
-                    let id = item.get("identifier").and_then(|v| v.as_s().ok()).cloned();
+                for (id, item) in items {
                     let at = item
                         .get("updatedAt")
                         .and_then(|v| v.as_s().ok())
@@ -175,7 +164,7 @@ fn watch_heartbeats(
                             OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                                 .ok()
                         });
-                    if let (Some(id), Some(at)) = (id, at) {
+                    if let Some(at) = at {
                         if (now - at).whole_seconds() > HEARTBEAT_FRESH {
                             stale.lock().unwrap().entry(current).or_default().insert(id);
                         }

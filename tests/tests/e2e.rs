@@ -11,6 +11,7 @@ mod inspect;
 mod install;
 mod lifecycle;
 mod matrix;
+mod metrics;
 mod reset;
 mod supervision;
 mod userdata;

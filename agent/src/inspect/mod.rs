@@ -15,7 +15,11 @@ use std::collections::BTreeMap;
 use view::{Item, Snapshot};
 
 /// Every item under `pk`, by instance id (the `ID#` sort key's rest).
-async fn query(client: &Client, table: &str, pk: &str) -> anyhow::Result<BTreeMap<String, Item>> {
+pub async fn query(
+    client: &Client,
+    table: &str,
+    pk: &str,
+) -> anyhow::Result<BTreeMap<String, Item>> {
     let mut items = BTreeMap::new();
     let mut pages = client
         .query()

@@ -62,6 +62,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     }
 
     async fn confirm_claim(&mut self, run_id: String) -> Option<Phase> {
+        let seen = Instant::now();
         match self.world.pool.read_claim_and_token().await {
             Ok((record, token)) => {
                 self.observe(&record);
@@ -81,6 +82,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 }
                 tracing::info!(run_id = %run_id, "claimed");
                 self.declined = None;
+                self.claimed_at = Some(seen);
                 self.claim_token = token;
                 return Some(Phase::Registering {
                     run_id,
@@ -102,10 +104,13 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             match self.attempt(run_id, token.as_ref()).await? {
                 Attempt::Registered(registration) => {
                     self.signal(Signal::RegOk, run_id).await?;
+                    let since_claim = self.claimed_at.take().map(|at| at.elapsed());
+                    self.setup.metrics.registered(since_claim);
                     return Ok(Phase::Serving { registration });
                 }
                 Attempt::Failed(why) => {
                     tracing::error!(run_id, reason = %why, "registration failed");
+                    self.setup.metrics.registration_failed();
                     if failed_for.as_ref() != Some(&token) {
                         self.signal(Signal::RegFailed, run_id).await?;
                         failed_for = Some(token.clone());

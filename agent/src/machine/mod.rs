@@ -24,6 +24,7 @@ pub mod world;
 pub(crate) mod tests;
 
 use crate::expiry::Observation;
+use crate::metrics::Metrics;
 use crate::pace::{Pace, Paced};
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
@@ -69,6 +70,7 @@ pub struct Setup {
     pub heartbeat: CancellationToken,
     /// What the heartbeat reports (`status.rs`), published on every save.
     pub status: watch::Sender<Status>,
+    pub metrics: Metrics,
 }
 
 pub struct Machine<P, H: RunnerHost, C> {
@@ -93,6 +95,11 @@ pub struct Machine<P, H: RunnerHost, C> {
     /// When the next runner upgrade is owed (after the listener reported
     /// its version deprecated and an upgrade has not yet succeeded).
     upgrade_due: Option<Instant>,
+    /// For the metrics: when the claim being registered was read, the
+    /// release being answered seen, the running job started.
+    claimed_at: Option<Instant>,
+    released_at: Option<Instant>,
+    job_since: Option<Instant>,
 }
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
@@ -107,6 +114,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             host: world.host,
             clock: world.clock,
         };
+        setup.metrics.state(None, state.phase.name());
         Machine {
             world,
             pace,
@@ -118,6 +126,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             declined: None,
             left_run: None,
             upgrade_due: None,
+            claimed_at: None,
+            released_at: None,
+            job_since: None,
         }
     }
 
@@ -172,6 +183,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     fn enter(&mut self, phase: Phase) {
         if self.state.phase.name() != phase.name() {
             self.state.phase_since = self.timestamp();
+            self.setup
+                .metrics
+                .state(Some(self.state.phase.name()), phase.name());
             crate::notify::status(phase.name());
             tracing::debug!(phase = phase.name(), "state");
         }
@@ -238,6 +252,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
     }
 
     fn record_signal(&mut self, signal: Signal, run_id: &str) {
+        self.setup.metrics.signal_stored(signal);
         self.state.last_signal = Some(LastSignal {
             signal,
             run_id: run_id.to_owned(),

@@ -53,6 +53,8 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         // still work in its directory go too.
         host.stop_strays().await;
         host.clear_job_marker();
+        self.job_changed(false);
+        let host = &self.world.host;
         let token =
             match tokio::time::timeout(TOKEN_READ_TIMEOUT, self.world.pool.read_token()).await {
                 Ok(Ok(t)) => t.map(|t| t.token).filter(|t| !t.is_empty()),
@@ -133,12 +135,13 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             run_id: run_id.clone(),
             signal,
         });
+        let started = Instant::now();
         let reset = self.world.host.reset();
         let Ok(outcome) = tokio::time::timeout_at(deadline - SIGNAL_RESERVE, reset).await else {
             tracing::error!(run_id, "the reset did not finish before the stop; the next start finishes it, then signals");
             return false;
         };
-        let signal = self.judge(&run_id, signal, outcome);
+        let signal = self.judge(&run_id, signal, outcome, started.elapsed());
         self.signal_by(signal, &run_id, deadline).await
     }
 

@@ -8,6 +8,8 @@ use super::signal::write_until_stored;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
 use crate::protocol::Signal;
 use crate::state::Phase;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The signal to write after a reset that failed.
 pub(super) fn failed(signal: Signal) -> Signal {
@@ -29,14 +31,18 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             signal,
         });
         let events = self.setup.events.clone();
+        let started = Instant::now();
         let outcome = events.guard(self.world.host.reset()).await?;
-        let signal = self.judge(&run_id, signal, outcome);
+        let signal = self.judge(&run_id, signal, outcome, started.elapsed());
         if events
             .guard(write_until_stored(&self.world.pool, signal, &run_id, None))
             .await?
             .is_ok()
         {
             self.record_signal(signal, &run_id);
+            if let Some(seen) = self.released_at.take() {
+                self.setup.metrics.released(seen.elapsed());
+            }
         }
         Ok(Phase::Idle)
     }
@@ -48,8 +54,10 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         run_id: &str,
         signal: Signal,
         outcome: Result<String, String>,
+        took: Duration,
     ) -> Signal {
         self.publish(|status| status.set_reset(&outcome));
+        self.setup.metrics.reset(outcome.is_ok(), took);
         match outcome {
             Ok(summary) => {
                 tracing::info!(run_id, %summary, "instance reset");

@@ -80,7 +80,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             if job_active != job_was_active {
                 tracing::info!(run_id, job_active, "job hook");
                 job_was_active = job_active;
-                self.publish(|status| status.job_active = job_active);
+                self.job_changed(job_active);
             }
             if let Some(notice) = events.notice() {
                 self.defer_notice(run_id, notice, job_active, &mut deferred)?;
@@ -106,6 +106,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 self.runner = None;
                 self.world.host.clear_job_marker();
                 let exit = ListenerExit::of(status);
+                self.setup.metrics.runner_exited(exit);
                 if exit == ListenerExit::SessionConflict {
                     // Another listener holds this registration's session
                     // (its credentials were copied or an old process
@@ -143,9 +144,27 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             next_read = self.next_reads();
             if self.released_from(run_id).await {
                 tracing::info!(run_id, "released");
+                self.released_at = Some(Instant::now());
                 return Ok(self.releasing(Signal::RemoveRegRemoveRunOk));
             }
         }
+    }
+
+    /// A job started or ended (by its hooks, or because the runner went):
+    /// reported by the heartbeat and counted.
+    pub(super) fn job_changed(&mut self, active: bool) {
+        match (active, self.job_since) {
+            (true, None) => {
+                self.job_since = Some(Instant::now());
+                self.setup.metrics.job_started();
+            }
+            (false, Some(since)) => {
+                self.job_since = None;
+                self.setup.metrics.job_finished(since.elapsed());
+            }
+            _ => {}
+        }
+        self.publish(|status| status.job_active = active);
     }
 
     /// When to read the record next, timed from now, with and without a

@@ -9,6 +9,7 @@
 
 mod duration;
 mod env;
+mod metrics;
 mod raw;
 mod reset;
 mod validate;
@@ -17,6 +18,7 @@ mod validate;
 mod tests;
 
 pub use duration::parse_duration;
+pub use metrics::MetricsSettings;
 pub use reset::{parse_size, DockerMode, HardeningSettings, ResetSettings, DEFAULT_HOME_PATHS};
 pub use validate::{is_table_name, parse_runner_version};
 
@@ -65,6 +67,7 @@ pub struct Settings {
     pub timing: Timing,
     pub reset: ResetSettings,
     pub hardening: HardeningSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

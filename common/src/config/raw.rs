@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub reset: super::reset::RawReset,
     #[serde(default)]
     pub hardening: super::reset::RawHardening,
+    #[serde(default)]
+    pub metrics: super::metrics::RawMetrics,
 }
 
 #[derive(Debug, Deserialize)]

@@ -328,3 +328,38 @@ fn hardening_needs_a_dedicated_runner_user() {
     // Off, the runner user does not matter.
     assert!(load(&format!("{MINIMAL}[hardening]\nenabled = false\n"), &[]).is_ok());
 }
+
+#[test]
+fn metrics_are_off_by_default_and_their_keys_checked() {
+    let s = load(MINIMAL, &[]).unwrap();
+    assert_eq!(s.metrics, MetricsSettings::default());
+    let s = load(
+        &format!(
+            "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9464\"\n\
+             textfile = \"/var/lib/node_exporter/textfile_collector/runner-agent.prom\"\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        s.metrics.textfile.as_deref(),
+        Some(Path::new(
+            "/var/lib/node_exporter/textfile_collector/runner-agent.prom"
+        ))
+    );
+    let s = load(MINIMAL, &[("RUNNER_AGENT_METRICS__LISTEN", "[::1]:9464")]).unwrap();
+    assert_eq!(s.metrics.listen, Some("[::1]:9464".parse().unwrap()));
+    for bad in [
+        "listen = \"localhost\"",
+        "listen = \"127.0.0.1\"",
+        "textfile = \"metrics.prom\"",
+        "textfile = \"/var/lib/node_exporter/runner-agent.txt\"",
+    ] {
+        let err = load(&format!("{MINIMAL}[metrics]\n{bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        let key = format!("metrics.{}", bad.split(' ').next().unwrap());
+        assert!(err.contains(&key), "{bad}: {err}");
+    }
+}

@@ -213,6 +213,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
             ));
         }
     }
+    let metrics = super::metrics::validate_metrics(path, raw.metrics)?;
     Ok(Settings {
         source: path.to_owned(),
         table: raw.table,
@@ -223,6 +224,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         timing,
         reset,
         hardening,
+        metrics,
     })
 }
 

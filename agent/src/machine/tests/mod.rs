@@ -8,6 +8,7 @@ mod backoff;
 mod boot;
 mod claim;
 mod faults;
+mod metrics;
 mod notices;
 mod reset;
 mod resume;
@@ -51,6 +52,8 @@ pub struct Harness {
     /// What the heartbeat would report.
     pub status: watch::Receiver<Status>,
     pub initial_run_id: Option<String>,
+    /// Shared with every machine the harness starts (restarts included).
+    pub metrics: crate::metrics::Metrics,
     pub dir: tempfile::TempDir,
     task: Option<JoinHandle<Interrupt>>,
 }
@@ -71,6 +74,7 @@ impl Harness {
             clock,
             shutdown: CancellationToken::new(),
             heartbeat: CancellationToken::new(),
+            metrics: Default::default(),
             notices,
             observations,
             status,
@@ -113,6 +117,7 @@ impl Harness {
             observations: obs_tx,
             heartbeat: self.heartbeat.clone(),
             status: status_tx,
+            metrics: self.metrics.clone(),
         };
         let world = World {
             pool: self.pool.clone(),

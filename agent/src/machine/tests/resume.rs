@@ -203,6 +203,7 @@ async fn an_unwritable_state_dir_does_not_stop_the_lifecycle() {
         observations: obs_tx,
         heartbeat: CancellationToken::new(),
         status: watch::channel(Default::default()).0,
+        metrics: Default::default(),
     };
     let world = World {
         pool: h.pool.clone(),
