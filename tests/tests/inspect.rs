@@ -1,6 +1,7 @@
-//! `runner-agent pool` against a table an agent of ours and a bash-agent
+//! `runner-agent pool` against a table two agents of ours and a bash-agent
 //! instance (items with the protocol's attributes only) populate, after a
-//! claim/release cycle driven by the control-plane driver.
+//! claim/release cycle driven by the control-plane driver: one agent idle
+//! after its reset, the other running a job.
 
 use stack::agent::{userdata_binary, AgentSpec};
 use stack::github::FAKE_RUNNER_VERSION;
@@ -11,16 +12,18 @@ use std::time::Duration;
 const BASH_INSTANCE: &str = "i-ffffffffffffffffff";
 
 /// Times, sizes, ids and the agent's version replaced, runs of spaces
-/// squeezed: what is left is the shape and the content that must not move.
-fn normalise(text: &str, ours: &str) -> String {
-    let mut out = String::new();
+/// squeezed, instance lines sorted (moto's instance ids are random): what
+/// is left is the shape and the content that must not move.
+fn normalise(text: &str, names: &[(&str, &str)]) -> String {
+    let mut lines = Vec::new();
     for line in text.lines() {
         let words: Vec<String> = line
             .split_whitespace()
             .map(|w| {
-                let w = w
-                    .replace(ours, "<ours>")
-                    .replace(FAKE_RUNNER_VERSION, "<runner>");
+                let mut w = w.replace(FAKE_RUNNER_VERSION, "<runner>");
+                for (id, name) in names {
+                    w = w.replace(id, name);
+                }
                 let w = w.replace(&format!("v{}", env!("CARGO_PKG_VERSION")), "v<version>");
                 let trimmed = w.trim_end_matches(',').trim_end_matches(')');
                 let is_time = !trimmed.is_empty()
@@ -41,14 +44,17 @@ fn normalise(text: &str, ours: &str) -> String {
                 w
             })
             .collect();
-        out.push_str(&words.join(" "));
-        out.push('\n');
+        lines.push(words.join(" "));
     }
-    out
+    if lines.len() > 2 {
+        let last = lines.len() - 1;
+        lines[1..last].sort();
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
+async fn the_pool_inspector_shows_two_agents_and_a_bash_agent_json_and_needs_only_query() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     let agent = stack.boot_agent(&spec).await;
@@ -57,6 +63,14 @@ async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
     stack
         .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
         .await;
+    // Another instance of the pool, our agent too, registered for the
+    // initial run (the control plane marks it running) and in a job.
+    let sibling = stack.sibling().await;
+    let other = sibling.boot_agent(&spec).await;
+    let other_id = sibling.instance_id.clone();
+    let running = aws_sdk_dynamodb::types::AttributeValue::S("running".into());
+    stack.cp.set_record_attr(&other_id, "state", running).await;
+    sibling.queue_job(INITIAL_RUN_ID, 300);
     let threshold = stack::control::iso(time::OffsetDateTime::now_utc() + Duration::from_secs(300));
     stack
         .cp
@@ -66,31 +80,29 @@ async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
         .cp
         .put_as_bash_agent(BASH_INSTANCE, "UD_REG_OK", "2000-1")
         .await;
-    // Our heartbeat reports the idle state within one interval.
+    // The heartbeats report the idle state after a reset, and the job,
+    // within one interval.
     let started = std::time::Instant::now();
     loop {
-        let beat = stack.cp.heartbeat(&id).await.unwrap();
-        if beat
-            .get("agentState")
-            .and_then(|v| v.as_s().ok())
-            .map(String::as_str)
-            == Some("idle")
-            && beat.contains_key("lastReset")
+        let attr = |beat: &Option<std::collections::HashMap<_, _>>, name: &str| {
+            beat.as_ref()
+                .and_then(|b| b.get(name))
+                .map(|v: &aws_sdk_dynamodb::types::AttributeValue| format!("{v:?}"))
+        };
+        let ours = stack.cp.heartbeat(&id).await;
+        let theirs = stack.cp.heartbeat(&other_id).await;
+        if attr(&ours, "agentState").is_some_and(|s| s.contains("\"idle\""))
+            && attr(&ours, "lastReset").is_some()
+            && attr(&theirs, "jobActive").is_some_and(|s| s.contains("true"))
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "{beat:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{ours:?}\n{theirs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-
-    // Stopped, so that the proxy sees the inspector's calls alone.
-    let mut agent = agent;
-    agent.kill(libc::SIGTERM);
-    agent
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("agent exits");
-    stack.proxy.reset();
     let table = stack.cp.table.clone();
     let pool = |extra: &[&str]| {
         let mut args = vec!["pool", "--table", &table, "--region", stack::REGION];
@@ -107,23 +119,37 @@ async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let golden = include_str!("../golden/pool.txt");
-    assert_eq!(normalise(&text, &id), golden, "\n{text}");
+    let names = [(id.as_str(), "<ours>"), (other_id.as_str(), "<sibling>")];
+    assert_eq!(normalise(&text, &names), golden, "\n{text}");
 
     let out = pool(&["--json"]).output().await.unwrap();
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = json["instances"].as_array().unwrap();
-    assert_eq!(rows.len(), 2, "{json}");
-    assert_eq!(rows[0]["instance_id"], id.as_str());
-    assert_eq!(rows[0]["agent"]["state"], "idle");
-    assert_eq!(rows[0]["agent"]["last_reset"], "ok");
-    assert_eq!(rows[0]["signal"], "UD_REMOVE_REG_REMOVE_RUN_OK");
-    assert!(rows[0]["agent"]["free_disk_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(rows[1]["agent"], serde_json::Value::Null);
-    assert_eq!(rows[1]["run_id"], "2000-1");
-    assert_eq!(json["summary"]["idle"], 1);
-    assert_eq!(json["summary"]["claimed"], 1);
-    assert_eq!(json["summary"]["stale"], 0);
+    assert_eq!(rows.len(), 3, "{json}");
+    let row = |instance: &str| {
+        rows.iter()
+            .find(|r| r["instance_id"] == instance)
+            .unwrap_or_else(|| panic!("no {instance} in {json}"))
+    };
+    let ours = row(&id);
+    assert_eq!(ours["agent"]["state"], "idle");
+    assert_eq!(ours["agent"]["last_reset"], "ok");
+    assert_eq!(ours["signal"], "UD_REMOVE_REG_REMOVE_RUN_OK");
+    assert!(ours["agent"]["free_disk_bytes"].as_u64().unwrap() > 0);
+    let theirs = row(&other_id);
+    assert_eq!(theirs["state"], "running");
+    assert_eq!(theirs["run_id"], INITIAL_RUN_ID);
+    assert_eq!(theirs["agent"]["state"], "registered");
+    assert_eq!(theirs["agent"]["job_active"], true);
+    assert_eq!(theirs["agent"]["runner_version"], FAKE_RUNNER_VERSION);
+    assert_eq!(theirs["signal"], "UD_REG_OK");
+    let bash = row(BASH_INSTANCE);
+    assert_eq!(bash["agent"], serde_json::Value::Null);
+    assert_eq!(bash["run_id"], "2000-1");
+    for (state, count) in [("idle", 1), ("claimed", 1), ("running", 1), ("stale", 0)] {
+        assert_eq!(json["summary"][state], count, "{state}: {json}");
+    }
 
     // --watch refreshes until stopped.
     let mut watch = pool(&["--watch", "300ms"])
@@ -138,7 +164,18 @@ async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
         .count();
     assert!(refreshes >= 2, "{refreshes} refreshes");
 
-    // The operator policy allows exactly what the inspector called.
+    // Both agents stopped, so that the proxy sees the inspector's calls
+    // alone; the operator policy allows exactly those.
+    let (mut agent, mut other) = (agent, other);
+    for process in [&mut agent, &mut other] {
+        process.kill(libc::SIGTERM);
+        process
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("agent exits");
+    }
+    stack.proxy.reset();
+    assert!(pool(&[]).output().await.unwrap().status.success());
     let called: Vec<String> = stack.proxy.counts().iam_actions.into_iter().collect();
     let out = std::process::Command::new(userdata_binary())
         .args(["iam-policy", "--operator", "--table", &table])
@@ -155,4 +192,5 @@ async fn the_pool_inspector_shows_both_agents_json_and_needs_only_query() {
     assert_eq!(called, allowed);
     assert_eq!(policy["Statement"].as_array().unwrap().len(), 1);
     stack.assert_invariants(&agent, &[]).await;
+    sibling.assert_invariants(&other, &[]).await;
 }
