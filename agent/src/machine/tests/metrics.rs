@@ -11,6 +11,13 @@ fn value(h: &Harness, series: &str) -> f64 {
     sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
+/// Each series at its value.
+fn expect(h: &Harness, series: &[(&str, f64)]) {
+    for (name, want) in series {
+        assert_eq!(value(h, name), *want, "{name}");
+    }
+}
+
 fn within(value: f64, low: f64, high: f64) -> bool {
     (low..=high).contains(&value)
 }
@@ -18,20 +25,16 @@ fn within(value: f64, low: f64, high: f64) -> bool {
 #[tokio::test(start_paused = true)]
 async fn the_lifecycle_is_counted() {
     let h = Harness::started_and_serving().await;
-    assert_eq!(
-        value(&h, "runner_agent_registrations_total{result=\"ok\"}"),
-        1.0
+    expect(
+        &h,
+        &[
+            ("runner_agent_registrations_total{result=\"ok\"}", 1.0),
+            ("runner_agent_claim_to_register_seconds_count", 1.0),
+            ("runner_agent_signals_total{signal=\"UD_REG_OK\"}", 1.0),
+            ("runner_agent_state{state=\"registered\"}", 1.0),
+            ("runner_agent_state{state=\"idle\"}", 0.0),
+        ],
     );
-    assert_eq!(
-        value(&h, "runner_agent_claim_to_register_seconds_count"),
-        1.0
-    );
-    assert_eq!(
-        value(&h, "runner_agent_signals_total{signal=\"UD_REG_OK\"}"),
-        1.0
-    );
-    assert_eq!(value(&h, "runner_agent_state{state=\"registered\"}"), 1.0);
-    assert_eq!(value(&h, "runner_agent_state{state=\"idle\"}"), 0.0);
 
     // A job of 42 s.
     h.host.lock().job_active = true;
@@ -97,28 +100,24 @@ async fn the_lifecycle_is_counted() {
         .await;
     h.pool.claim("2000-2");
     h.wait_signal(Signal::RegFailed, "2000-2").await;
-    assert_eq!(
-        value(&h, "runner_agent_resets_total{result=\"failed\"}"),
-        1.0
+    expect(
+        &h,
+        &[
+            ("runner_agent_resets_total{result=\"failed\"}", 1.0),
+            ("runner_agent_registrations_total{result=\"failed\"}", 1.0),
+            ("runner_agent_registrations_total{result=\"ok\"}", 2.0),
+            ("runner_agent_jobs_started_total", 1.0),
+            ("runner_agent_signals_total{signal=\"UD_REG_OK\"}", 2.0),
+            (
+                "runner_agent_signals_total{signal=\"UD_REMOVE_REG_REMOVE_RUN_OK\"}",
+                1.0,
+            ),
+            (
+                "runner_agent_signals_total{signal=\"UD_REMOVE_REG_REMOVE_RUN_FAILED\"}",
+                1.0,
+            ),
+        ],
     );
-    assert_eq!(
-        value(&h, "runner_agent_registrations_total{result=\"failed\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(&h, "runner_agent_registrations_total{result=\"ok\"}"),
-        2.0
-    );
-    assert_eq!(value(&h, "runner_agent_jobs_started_total"), 1.0);
-    for signal in [
-        "UD_REG_OK",
-        "UD_REMOVE_REG_REMOVE_RUN_OK",
-        "UD_REMOVE_REG_REMOVE_RUN_FAILED",
-    ] {
-        let want = if signal == "UD_REG_OK" { 2.0 } else { 1.0 };
-        let series = format!("runner_agent_signals_total{{signal=\"{signal}\"}}");
-        assert_eq!(value(&h, &series), want, "{signal}");
-    }
 }
 
 /// A job the release interrupts (the runner stopped mid-job) still ends.
