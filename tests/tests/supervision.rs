@@ -8,6 +8,7 @@
 use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::control::iso;
+use stack::github::FAKE_RUNNER_VERSION;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -177,4 +178,27 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     stack
         .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
         .await;
+
+    // Restarted with runner.version still pinned to the deprecated
+    // release: the upgrade is kept, not replaced by the pin and upgraded
+    // again; the next claim runs on it.
+    let mut agent = agent;
+    agent.kill(libc::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("agent exits");
+    let agent = stack.spawn_agent(&AgentSpec::default());
+    stack.cp.claim(&stack.instance_id, "2000-1").await;
+    stack.expect_signal("UD_REG_OK", "2000-1").await;
+    let log = agent.log_text();
+    assert!(log.contains("GitHub deprecated runner.version"), "{log}");
+    assert_eq!(
+        stack.github.downloads(FAKE_RUNNER_VERSION),
+        1,
+        "the pin is not installed again"
+    );
+    assert_eq!(stack.github.downloads(NEWER), 1);
+    let marker = stack.runner_dir().join(VERSION_MARKER);
+    assert_eq!(std::fs::read_to_string(marker).unwrap().trim(), NEWER);
 }

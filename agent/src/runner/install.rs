@@ -110,6 +110,13 @@ pub async fn ensure_installed(
             if let Some(outcome) = already_present(dir, found.as_ref(), version) {
                 return Ok(outcome);
             }
+            if let Some(found) = found.clone().filter(|f| upgrade_of(dir, f, version)) {
+                let reason = format!(
+                    "GitHub deprecated runner.version {version} and the runner was upgraded to {}; set runner.version to it, or to latest",
+                    found.version
+                );
+                return Ok(kept(dir, found, reason));
+            }
             if registered {
                 return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
             }
@@ -193,6 +200,13 @@ pub async fn upgrade(
         return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
     }
     let sha256 = install_release(&http, settings, owner, &latest).await?;
+    if let RunnerVersion::Pinned(pinned) = &settings.version {
+        let marker = dir.join(installed::UPGRADED_FROM_MARKER);
+        if let Err(e) = std::fs::write(&marker, format!("{pinned}\n")) {
+            // The upgrade stands; a restart would install the pin again.
+            tracing::warn!(path = %marker.display(), error = %e, "recording the upgrade of the pinned version");
+        }
+    }
     Ok(UpgradeOutcome::Upgraded {
         version: latest.version,
         sha256,
@@ -215,12 +229,20 @@ fn already_present(dir: &Path, found: Option<&Found>, version: &str) -> Option<I
     })
 }
 
+/// Whether `found` is the verified upgrade of the pinned `version`, made
+/// after GitHub deprecated it.
+fn upgrade_of(dir: &Path, found: &Found, version: &str) -> bool {
+    found.verified
+        && installed::upgraded_from(dir).as_deref() == Some(version)
+        && compare_versions(&found.version, version) == Some(Ordering::Greater)
+}
+
 fn kept(dir: &Path, found: Found, reason: String) -> InstallOutcome {
     tracing::warn!(
         version = %found.version,
         dir = %dir.display(),
         %reason,
-        "runner.version is latest, but the runner already installed is used"
+        "the runner already installed is used, not the one runner.version names"
     );
     InstallOutcome::KeptInstalled {
         version: found.version,
@@ -408,6 +430,46 @@ mod tests {
             dir.join("bin/Runner.Listener").is_file(),
             "the baked runner was touched"
         );
+    }
+
+    /// A runner-agent install of `version` in `dir`: the marker beside a
+    /// listener that reports it.
+    fn verified(dir: &Path, version: &str) {
+        baked(dir, version);
+        std::fs::write(dir.join(installed::VERSION_MARKER), format!("{version}\n")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_of_a_deprecated_pin_is_kept_while_the_pin_names_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runner");
+        verified(&dir, "2.400.0");
+        std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), "2.330.0\n").unwrap();
+        // Nothing answers downloads here: keeping it needs none.
+        let outcome = ensure_installed(&settings(&dir, "2.330.0"), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcome, InstallOutcome::KeptInstalled { version, verified: true, .. } if version == "2.400.0"),
+            "{outcome:?}"
+        );
+        // Another pin (the operator moved on), an upgrade not recorded, or
+        // an older install: the pin is installed, here failing to download.
+        for (pin, from) in [("2.350.0", Some("2.330.0")), ("2.330.0", None)] {
+            match from {
+                Some(from) => {
+                    std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), from).unwrap()
+                }
+                None => std::fs::remove_file(dir.join(installed::UPGRADED_FROM_MARKER)).unwrap(),
+            }
+            let result = ensure_installed(&settings(&dir, pin), None).await;
+            assert!(result.is_err(), "{pin} {from:?}: {result:?}");
+        }
+        verified(&dir, "2.300.0");
+        std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), "2.330.0").unwrap();
+        assert!(ensure_installed(&settings(&dir, "2.330.0"), None)
+            .await
+            .is_err());
     }
 
     #[tokio::test]

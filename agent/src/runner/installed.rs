@@ -17,6 +17,19 @@ use tokio::process::Command;
 /// digest, so nothing else writes it.
 pub const VERSION_MARKER: &str = ".runner-agent-version";
 
+/// Written beside `VERSION_MARKER` by an upgrade away from a pinned
+/// version GitHub deprecated; its content is that pinned version. While
+/// `runner.version` still names it, the upgrade is kept across restarts
+/// instead of the refused version being installed (and upgraded) again.
+pub const UPGRADED_FROM_MARKER: &str = ".runner-agent-upgraded-from";
+
+/// The pinned version an upgrade replaced, if the install dir holds one.
+pub fn upgraded_from(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(UPGRADED_FROM_MARKER))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// The listener is a .NET program that answers `--version` in about a
 /// second; a slow disk or a cold page cache may take longer, a hung one
 /// must not hold the boot.
