@@ -70,16 +70,16 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         let events = self.setup.events.clone();
         let mut restarts = Restarts::new();
         let mut next_read = self.next_reads();
-        let mut job_was_active = false;
         let mut deferred: Option<Deferred> = None;
         loop {
             if self.runner.is_none() && Instant::now() >= restarts.not_before {
                 self.start_runner(&mut restarts);
             }
             let job_active = self.world.host.job_active();
-            if job_active != job_was_active {
+            // `job_since` is what the hooks said last (none on entry: leaving
+            // a registration ends its job).
+            if job_active != self.job_since.is_some() {
                 tracing::info!(run_id, job_active, "job hook");
-                job_was_active = job_active;
                 self.job_changed(job_active);
             }
             if let Some(notice) = events.notice() {
