@@ -24,6 +24,10 @@ command -v nft >/dev/null || need_debs+=(nftables)
 command -v ip >/dev/null || need_debs+=(iproute2)
 { command -v unshare && command -v setpriv; } >/dev/null || need_debs+=(util-linux)
 command -v sudo >/dev/null || need_debs+=(sudo)
+# Hostile jobs persist through the real crontab and at (their spools are
+# what the reset clears); ipcmk (util-linux) makes their SysV objects.
+command -v crontab >/dev/null || need_debs+=(cron)
+command -v at >/dev/null || need_debs+=(at)
 if [ ${#need_debs[@]} -gt 0 ]; then
     echo "setup: installing ${need_debs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -13,6 +13,7 @@ pub mod invariants;
 pub mod moto;
 pub mod proxy;
 pub mod sandbox;
+pub mod users;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -132,9 +132,10 @@ async fn notifies_systemd_ready_and_status() {
     assert!(seen.contains("STOPPING=1"), "{seen}");
 }
 
-/// The runner and its jobs run as `runner.user`, not as the (root) agent:
-/// config.sh does not refuse root, files belong to the user. Needs root to
-/// create the user and switch to it.
+/// The runner and its jobs run as `runner.user`, not as the (root) agent,
+/// and cannot change the install: config.sh runs as root and its files are
+/// root's (the user's group reads them); the user owns only `_work` and
+/// `_diag`. Needs root to create the user and switch to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_runs_as_the_configured_user() {
     // SAFETY: geteuid has no preconditions.
@@ -179,17 +180,36 @@ async fn runner_runs_as_the_configured_user() {
         .wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
         .await
         .unwrap_or_else(|l| panic!("{l:?}\n{}", agent.log_text()));
-    let uid = std::fs::metadata(stack.runner_dir().join(".runner"))
-        .unwrap()
-        .uid();
-    assert_ne!(uid, 0, ".runner written by root");
+    let id_of = |flag: &str| -> u32 {
+        let out = std::process::Command::new("id")
+            .args([flag, USER])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (uid, gid) = (id_of("-u"), id_of("-g"));
+    let runner = std::fs::metadata(stack.runner_dir().join(".runner")).unwrap();
     assert_eq!(
-        std::fs::metadata(stack.runner_dir().join("config.sh"))
-            .unwrap()
-            .uid(),
-        uid,
-        "install not chowned"
+        (runner.uid(), runner.gid()),
+        (0, gid),
+        ".runner root's, the user's group"
     );
+    assert_eq!(runner.mode() & 0o777, 0o640);
+    for path in [
+        "",
+        "config.sh",
+        "bin",
+        "bin/Runner.Listener",
+        ".runner-agent",
+    ] {
+        let meta = std::fs::metadata(stack.runner_dir().join(path)).unwrap();
+        assert_eq!(meta.uid(), 0, "{path} is root's");
+        assert_eq!(meta.mode() & 0o022, 0, "{path} is writable by others");
+    }
+    for path in ["_work", "_diag", ".runner-agent/job"] {
+        let meta = std::fs::metadata(stack.runner_dir().join(path)).unwrap();
+        assert_eq!(meta.uid(), uid, "{path} is the user's");
+    }
     let started = Instant::now();
     let listener_pid = loop {
         if let Some(pid) = stack.runner_events().iter().find_map(|(_, e)| {

@@ -7,6 +7,7 @@ mod cli;
 mod dynamodb_faults;
 mod faults;
 mod hardened;
+mod hostile;
 mod inspect;
 mod install;
 mod lifecycle;

@@ -5,6 +5,7 @@
 //! `check`'s isolation levels are read for users the tests create.
 
 use stack::agent::{agent_binary, AgentSpec};
+use stack::users::TestUser;
 use stack::{Stack, StackOptions, REGION};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -50,52 +51,6 @@ fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(out.status.success(), "{args:?}: {out:?}");
     out
-}
-
-/// A system user (no home, no shell) made for one test, with `groups`;
-/// removed again when dropped. Made afresh: a leftover from a killed run
-/// is removed first.
-struct TestUser {
-    name: &'static str,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn create(name: &'static str, groups: &[&str]) -> TestUser {
-        let _ = Command::new("userdel").arg(name).output();
-        let mut args = vec![
-            "useradd",
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ];
-        let list = groups.join(",");
-        if !groups.is_empty() {
-            args.extend(["--groups", &list]);
-        }
-        args.push(name);
-        sh(&args);
-        let id = |flag: &str| {
-            String::from_utf8(sh(&["id", flag, name]).stdout)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        TestUser {
-            name,
-            uid: id("-u"),
-            gid: id("-g"),
-        }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(self.name).output();
-    }
 }
 
 /// A loopback listener that accepts (and drops) connections for ever.

@@ -1,52 +1,37 @@
 //! Files a run leaves: the work directory (but for what is kept as a
 //! cache), the runner's diagnostic logs (rotated, not wiped: they are what
 //! an operator reads after a failed run), credentials in the runner user's
-//! home, and the user's temp files. Links are removed, never followed.
+//! home, and the user's temp files. Every walk goes through `nofollow`:
+//! links are removed, never followed, at the end of a path or in it.
 
+use crate::nofollow::{DirFd, FsError, Kind, MAX_DEPTH};
 use std::collections::BTreeSet;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-/// Removes `path`, whatever it is; gone already is fine.
-fn remove(path: &Path) -> io::Result<bool> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let result = if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+/// The directory `name` in `parent` (a directory the operator configured);
+/// `None` when either is missing, or when `name` was a link (removed).
+fn open_in(parent: &Path, name: &str) -> Result<Option<DirFd>, FsError> {
+    match DirFd::open(parent)? {
+        Some(dir) => dir.descend(Path::new(name)),
+        None => Ok(None),
     }
 }
 
-fn with_path(path: &Path) -> impl FnOnce(io::Error) -> String + '_ {
-    move |e| format!("{}: {e}", path.display())
-}
-
-fn entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.map(|e| e.path()).map_err(with_path(dir)))
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(with_path(dir)(e)),
-    }
-}
-
-/// Empties `work` but for the `keep` paths (relative to it). A kept path
+/// Empties `relative` (`_work`, the hooks' marker directory) in
+/// `install_dir` but for the `keep` paths (relative to it). A kept path
 /// deeper down keeps the directories above it, and only them.
-pub fn clean_work(work: &Path, keep: &[PathBuf]) -> Result<usize, String> {
+pub fn empty(install_dir: &Path, relative: &str, keep: &[PathBuf]) -> Result<usize, FsError> {
+    match open_in(install_dir, relative)? {
+        Some(mut dir) => clean_keeping(&mut dir, keep),
+        None => Ok(0),
+    }
+}
+
+fn clean_keeping(dir: &mut DirFd, keep: &[PathBuf]) -> Result<usize, FsError> {
     let mut removed = 0;
-    for entry in entries(work)? {
-        let name = PathBuf::from(entry.file_name().unwrap_or_default());
+    for entry in dir.entries()? {
+        let name = PathBuf::from(&entry.name);
         if keep.iter().any(|k| k == &name) {
             continue;
         }
@@ -56,60 +41,59 @@ pub fn clean_work(work: &Path, keep: &[PathBuf]) -> Result<usize, String> {
             .filter(|rest| !rest.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .collect();
-        let is_real_dir = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_dir());
-        if !deeper.is_empty() && is_real_dir {
-            removed += clean_work(&entry, &deeper)?;
-        } else if remove(&entry).map_err(with_path(&entry))? {
-            removed += 1;
+        let sub = if deeper.is_empty() {
+            None
+        } else {
+            dir.child(&entry.name)?
+        };
+        match sub {
+            Some(mut sub) => removed += clean_keeping(&mut sub, &deeper)?,
+            None if dir.remove(&entry.name)? > 0 => removed += 1,
+            None => {}
         }
     }
     Ok(removed)
 }
 
-/// Keeps the `keep` newest files of `diag` (and its subdirectories) as
-/// long as they fit in `max_bytes`; removes the rest.
-pub fn rotate_diag(diag: &Path, keep: usize, max_bytes: u64) -> Result<usize, String> {
-    let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-    let mut dirs = vec![diag.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for path in entries(&dir)? {
-            let meta = std::fs::symlink_metadata(&path).map_err(with_path(&path))?;
-            if meta.is_dir() {
-                dirs.push(path);
-            } else {
-                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                files.push((mtime, meta.len(), path));
-            }
-        }
-    }
+/// Keeps the `keep` newest files of `_diag` in `install_dir` (and its
+/// subdirectories) as long as they fit in `max_bytes`; removes the rest.
+pub fn rotate_diag(install_dir: &Path, keep: usize, max_bytes: u64) -> Result<usize, FsError> {
+    let Some(mut diag) = open_in(install_dir, "_diag")? else {
+        return Ok(0);
+    };
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = diag
+        .walk_files()?
+        .into_iter()
+        .map(|(path, stat)| {
+            let mtime = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(stat.st_mtime.max(0) as u64)
+                + Duration::from_nanos(stat.st_mtime_nsec.max(0) as u64);
+            (mtime, stat.st_size.max(0) as u64, path)
+        })
+        .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let (mut kept, mut bytes, mut removed) = (0, 0u64, 0);
     for (_, size, path) in files {
         if kept < keep && bytes + size <= max_bytes {
             kept += 1;
             bytes += size;
-        } else if remove(&path).map_err(with_path(&path))? {
+        } else if diag.remove_path(&path)? > 0 {
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// Files under `dir`, relative to it (what `.ssh` held at first start).
-pub fn list_files(dir: &Path) -> BTreeSet<PathBuf> {
+/// Files under `home`'s `.ssh`, relative to it (what it held at first
+/// start); nothing when it is missing or a link.
+pub fn list_ssh(home: &Path) -> Result<BTreeSet<PathBuf>, FsError> {
     let mut found = BTreeSet::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(current) = dirs.pop() {
-        for path in entries(&current).unwrap_or_default() {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                dirs.push(path.clone());
-            }
-            if let Ok(relative) = path.strip_prefix(dir) {
-                found.insert(relative.to_path_buf());
-            }
-        }
+    if let Some(mut ssh) = open_in(home, ".ssh")? {
+        ssh.walk(&mut |relative, _| {
+            found.insert(relative.to_owned());
+        })?;
     }
-    found
+    Ok(found)
 }
 
 /// Removes `paths` from `home`; `.ssh` only loses what `ssh_baseline`
@@ -118,40 +102,72 @@ pub fn clean_home(
     home: &Path,
     paths: &[PathBuf],
     ssh_baseline: &BTreeSet<PathBuf>,
-) -> Result<usize, String> {
+) -> Result<usize, FsError> {
+    let Some(dir) = DirFd::open(home)? else {
+        return Ok(0);
+    };
     let mut removed = 0;
     for relative in paths {
-        let path = home.join(relative);
         if relative == Path::new(".ssh") {
-            // Deepest first, so a new directory goes after its files.
-            for extra in list_files(&path).iter().rev() {
-                if !ssh_baseline.contains(extra) {
-                    let full = path.join(extra);
-                    if remove(&full).map_err(with_path(&full))? {
-                        removed += 1;
-                    }
+            let Some(mut ssh) = dir.descend(relative)? else {
+                continue;
+            };
+            let mut extra = Vec::new();
+            ssh.walk(&mut |path, _| {
+                if !ssh_baseline.contains(path) {
+                    extra.push(path.to_owned());
+                }
+            })?;
+            // Parents before children: removing a new directory takes what
+            // it holds, and its children are then gone already.
+            for path in extra {
+                if ssh.remove_path(&path)? > 0 {
+                    removed += 1;
                 }
             }
-        } else if remove(&path).map_err(with_path(&path))? {
+        } else if dir.remove_path(relative)? > 0 {
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// Removes what `uid` owns at the top of each temp dir.
-pub fn clean_temp(dirs: &[PathBuf], uid: u32) -> Result<usize, String> {
-    use std::os::unix::fs::MetadataExt;
+/// Removes what `uid` owns in each temp dir, at any depth: an entry of the
+/// user goes whole; a directory of someone else's is looked into.
+pub fn clean_temp(dirs: &[PathBuf], uid: u32) -> Result<usize, FsError> {
     let mut removed = 0;
-    for dir in dirs {
-        for path in entries(dir)? {
-            let owned = std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == uid);
-            if owned && remove(&path).map_err(with_path(&path))? {
+    for path in dirs {
+        if let Some(mut dir) = DirFd::open(path)? {
+            removed += remove_owned(&mut dir, uid, 0)?;
+        }
+    }
+    Ok(removed)
+}
+
+fn remove_owned(dir: &mut DirFd, uid: u32, depth: usize) -> Result<usize, FsError> {
+    if depth >= MAX_DEPTH {
+        return Err(FsError::TooDeep(dir.path().to_owned()));
+    }
+    let mut removed = 0;
+    for entry in dir.entries()? {
+        if entry.stat.st_uid == uid {
+            if dir.remove(&entry.name)? > 0 {
                 removed += 1;
+            }
+        } else if entry.kind() == Kind::Dir {
+            if let Some(mut sub) = dir.child(&entry.name)? {
+                removed += remove_owned(&mut sub, uid, depth + 1)?;
             }
         }
     }
     Ok(removed)
+}
+
+/// The user's entries in `dir` (for the tests' sake: how a name is given).
+#[cfg(test)]
+fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut dir = DirFd::open(dir).unwrap().unwrap();
+    dir.entries().unwrap().into_iter().map(|e| e.name).collect()
 }
 
 #[cfg(test)]
@@ -176,7 +192,7 @@ mod tests {
         touch(&work.join("_temp/secret"), 1);
         std::os::unix::fs::symlink(&outside, work.join("link")).unwrap();
         let keep = [PathBuf::from("_tool"), PathBuf::from("cache/keep")];
-        let removed = clean_work(&work, &keep).unwrap();
+        let removed = empty(root.path(), "_work", &keep).unwrap();
         assert_eq!(removed, 4, "repo, cache/drop, _temp, link");
         assert!(work.join("_tool/node/18/bin/node").exists());
         assert!(work.join("cache/keep/a").exists());
@@ -184,7 +200,16 @@ mod tests {
         assert!(!work.join("repo").exists());
         assert!(!work.join("link").exists());
         assert!(outside.join("precious").exists(), "link target untouched");
-        assert_eq!(clean_work(&root.path().join("missing"), &keep).unwrap(), 0);
+        assert_eq!(
+            empty(&root.path().join("missing"), "_work", &keep).unwrap(),
+            0
+        );
+        // _work itself a link: the link goes, its target stays whole.
+        std::fs::remove_dir_all(&work).unwrap();
+        std::os::unix::fs::symlink(&outside, &work).unwrap();
+        assert_eq!(empty(root.path(), "_work", &keep).unwrap(), 0);
+        assert!(!work.exists() && !work.is_symlink());
+        assert!(outside.join("precious").exists());
     }
 
     #[test]
@@ -202,11 +227,11 @@ mod tests {
                 .set_modified(at)
                 .unwrap();
         }
-        assert_eq!(rotate_diag(&diag, 4, 10_000).unwrap(), 2);
+        assert_eq!(rotate_diag(root.path(), 4, 10_000).unwrap(), 2);
         assert!(diag.join("Worker_5.log").exists());
         assert!(!diag.join("Worker_1.log").exists());
         // The size cap bites first: 250 bytes hold two files.
-        assert_eq!(rotate_diag(&diag, 4, 250).unwrap(), 2);
+        assert_eq!(rotate_diag(root.path(), 4, 250).unwrap(), 2);
         assert!(diag.join("Worker_5.log").exists() && diag.join("Worker_4.log").exists());
         assert!(!diag.join("Worker_3.log").exists());
     }
@@ -219,7 +244,7 @@ mod tests {
         touch(&h.join(".docker/buildx/keep"), 1);
         touch(&h.join(".aws/credentials"), 1);
         touch(&h.join(".ssh/authorized_keys"), 1);
-        let baseline = list_files(&h.join(".ssh"));
+        let baseline = list_ssh(h).unwrap();
         touch(&h.join(".ssh/id_job"), 1);
         touch(&h.join(".ssh/new/key"), 1);
         touch(&h.join(".bashrc"), 1);
@@ -228,13 +253,33 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         let removed = clean_home(h, &paths, &baseline).unwrap();
-        assert_eq!(removed, 5, "config.json, .aws, id_job, new/key, new");
+        assert_eq!(removed, 4, "config.json, .aws, id_job, new (with new/key)");
         assert!(!h.join(".docker/config.json").exists());
         assert!(h.join(".docker/buildx/keep").exists());
         assert!(!h.join(".aws").exists());
         assert!(h.join(".ssh/authorized_keys").exists());
         assert!(!h.join(".ssh/id_job").exists() && !h.join(".ssh/new").exists());
         assert!(h.join(".bashrc").exists());
+    }
+
+    /// `.ssh` and `.docker` replaced by links to directories of someone
+    /// else's: the links go, every file they point at stays.
+    #[test]
+    fn home_links_are_removed_and_their_targets_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let h = root.path().join("home");
+        let elsewhere = root.path().join("root-owned");
+        for name in ["authorized_keys", "config.json", "id_rsa"] {
+            touch(&elsewhere.join(name), 1);
+        }
+        std::fs::create_dir_all(&h).unwrap();
+        let baseline = list_ssh(&h).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, h.join(".ssh")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, h.join(".docker")).unwrap();
+        let paths = [PathBuf::from(".docker/config.json"), PathBuf::from(".ssh")];
+        clean_home(&h, &paths, &baseline).unwrap();
+        assert!(!h.join(".ssh").is_symlink() && !h.join(".docker").is_symlink());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 3);
     }
 
     #[test]
@@ -248,6 +293,16 @@ mod tests {
             .uid();
         assert_eq!(clean_temp(&[tmp.path().to_path_buf()], me + 1).unwrap(), 0);
         assert_eq!(clean_temp(&[tmp.path().to_path_buf()], me).unwrap(), 2);
-        assert_eq!(entries(tmp.path()).unwrap().len(), 0);
+        assert_eq!(names(tmp.path()).len(), 0);
+        // Deeper, inside a directory of someone else's (uid 0 here when
+        // root: the test can chown only then).
+        touch(&tmp.path().join("shared/deeper/mine"), 1);
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(tmp.path().join("shared"), Some(me + 7), None).unwrap();
+            std::os::unix::fs::chown(tmp.path().join("shared/deeper"), Some(me + 7), None).unwrap();
+            assert_eq!(clean_temp(&[tmp.path().to_path_buf()], me).unwrap(), 1);
+            assert!(tmp.path().join("shared/deeper").exists());
+            assert!(!tmp.path().join("shared/deeper/mine").exists());
+        }
     }
 }

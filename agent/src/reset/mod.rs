@@ -9,6 +9,8 @@ pub mod cgroup;
 mod docker;
 mod files;
 pub mod health;
+mod home;
+mod persist;
 mod procs;
 
 use crate::config::{DockerMode, ResetSettings, Settings};
@@ -17,10 +19,11 @@ use cgroup::RunnerCgroup;
 use docker::{Docker, Inventory};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const BASELINE_FILE: &str = "baseline.json";
+const HOME_BASELINE_DIR: &str = "home-baseline";
 
 /// What the instance held before its first run, kept across restarts:
 /// this is not cleaned away.
@@ -39,6 +42,8 @@ pub struct Resetter {
     /// A dedicated runner user (not the agent's, not root).
     user: Option<RunnerUser>,
     home: Option<PathBuf>,
+    /// With a dedicated user, the home is restored whole to its baseline.
+    home_store: Option<home::HomeStore>,
     cgroup: Option<Arc<RunnerCgroup>>,
     docker: Docker,
     stop_timeout: std::time::Duration,
@@ -58,7 +63,14 @@ impl Resetter {
                 .flatten()
                 .map(|u| u.dir),
         });
+        let user = user.filter(|u| !u.uid.is_root());
+        let home_store = user.as_ref().map(|_| home::HomeStore {
+            dir: settings.state_dir.join(HOME_BASELINE_DIR),
+            keep: reset.home_keep.clone(),
+            max_bytes: reset.home_max,
+        });
         Resetter {
+            home_store,
             docker: Docker {
                 cli: reset.docker_cli.clone(),
                 host: reset.docker_host.clone(),
@@ -66,7 +78,7 @@ impl Resetter {
             settings: reset,
             install_dir: settings.runner.install_dir.clone(),
             baseline_path: settings.state_dir.join(BASELINE_FILE),
-            user: user.filter(|u| !u.uid.is_root()),
+            user,
             home,
             cgroup,
             stop_timeout: settings.runner.stop_timeout,
@@ -87,7 +99,28 @@ impl Resetter {
     /// Records what the instance holds before its first run (once per
     /// instance: later starts keep the first record).
     pub async fn take_baseline(&self) {
-        if !self.settings.enabled || self.load_baseline().is_some() {
+        if !self.settings.enabled {
+            return;
+        }
+        if let (Some(user), true) = (&self.user, self.settings.deny_cron) {
+            match persist::deny(user, &persist::Places::default()) {
+                Ok(()) => {
+                    tracing::info!(user = %user.name, "runner user denied in cron.deny and at.deny")
+                }
+                Err(e) => tracing::error!(error = %e, "denying cron and at to the runner user"),
+            }
+        }
+        if let (Some(store), Some(home)) = (&self.home_store, &self.home) {
+            if !store.exists() {
+                match store.take(home) {
+                    Ok(_) => tracing::info!(home = %home.display(), "home baseline taken"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "taking the home's baseline; every reset will fail until it is taken")
+                    }
+                }
+            }
+        }
+        if self.load_baseline().is_some() {
             return;
         }
         let docker = if self.settings.docker != DockerMode::Off && self.docker.installed() {
@@ -101,11 +134,16 @@ impl Resetter {
         } else {
             None
         };
-        let ssh = self
-            .home
-            .as_ref()
-            .map(|h| files::list_files(&h.join(".ssh")))
-            .unwrap_or_default();
+        let ssh = match &self.home {
+            Some(home) => match files::list_ssh(home) {
+                Ok(ssh) => ssh,
+                Err(e) => {
+                    tracing::error!(error = %e, "listing the runner's .ssh for the baseline; not saved");
+                    return;
+                }
+            },
+            None => Default::default(),
+        };
         let baseline = Baseline { docker, ssh };
         let bytes = serde_json::to_vec_pretty(&baseline).expect("baseline serializes");
         if let Err(e) =
@@ -139,18 +177,27 @@ impl Resetter {
             done.push(self.docker_steps(&inventory).await?);
         }
         let s = &self.settings;
-        let work = files::clean_work(&self.install_dir.join("_work"), &s.keep_work)
+        let work = files::empty(&self.install_dir, "_work", &s.keep_work)
             .map_err(|e| format!("emptying _work: {e}"))?;
-        let diag = files::rotate_diag(
-            &self.install_dir.join("_diag"),
-            s.diag_keep,
-            s.diag_max_size,
-        )
-        .map_err(|e| format!("rotating _diag: {e}"))?;
-        let home = match &self.home {
-            Some(home) => files::clean_home(home, &s.home_paths, &baseline.ssh)
+        let hooks = Path::new(crate::runner::HOOK_DIR).join(crate::runner::JOB_DIR);
+        files::empty(&self.install_dir, &hooks.to_string_lossy(), &[])
+            .map_err(|e| format!("emptying {}: {e}", hooks.display()))?;
+        let diag = files::rotate_diag(&self.install_dir, s.diag_keep, s.diag_max_size)
+            .map_err(|e| format!("rotating _diag: {e}"))?;
+        let home = match (&self.home, &self.home_store) {
+            (Some(home), Some(store)) => {
+                let restore = || -> Result<home::Restored, home::HomeError> {
+                    let mut recorded = store.load()?;
+                    let done = store.restore(home, &mut recorded)?;
+                    store.save(&recorded)?;
+                    Ok(done)
+                };
+                let done = restore().map_err(|e| format!("restoring the runner's home: {e}"))?;
+                done.removed + done.restored
+            }
+            (Some(home), None) => files::clean_home(home, &s.home_paths, &baseline.ssh)
                 .map_err(|e| format!("cleaning the runner's home: {e}"))?,
-            None => 0,
+            (None, _) => 0,
         };
         let temp = match &self.user {
             Some(user) => files::clean_temp(&s.temp_dirs, user.uid.as_raw())
@@ -158,8 +205,21 @@ impl Resetter {
             None => 0,
         };
         done.push(format!(
-            "{work} work entries, {diag} diag logs, {home} home paths, {temp} temp files removed"
+            "{work} work entries, {diag} diag logs, {home} home entries, {temp} temp files removed or restored"
         ));
+        if let Some(user) = &self.user {
+            // A link the job put where `_work` or `_diag` belongs was
+            // removed above; the runner needs the directories back.
+            crate::runner::layout::user_dirs(&self.install_dir, user)
+                .map_err(|e| format!("restoring the runner user's directories: {e}"))?;
+            let cleared = persist::clear(user, &persist::Places::default())
+                .map_err(|e| format!("removing the runner user's scheduled jobs: {e}"))?;
+            done.push(cleared.to_string());
+            // Whatever cron or at started since the first sweep.
+            procs::kill_user(user.uid)
+                .await
+                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
+        }
         // Jobs write under _work, which may be a volume of its own.
         let work = self.install_dir.join("_work");
         let volume = if work.is_dir() {
@@ -190,8 +250,9 @@ impl Resetter {
                 format!("{n} processes killed (cgroup)")
             }
             None => {
-                let n =
-                    crate::runner::tree::stop_groups_in(&self.install_dir, self.stop_timeout).await;
+                let n = crate::runner::tree::stop_groups_in(&self.install_dir, self.stop_timeout)
+                    .await
+                    .map_err(|e| format!("looking for the run's processes: {e}"))?;
                 format!("{n} process groups stopped (no cgroup)")
             }
         };

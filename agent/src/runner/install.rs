@@ -41,6 +41,8 @@ pub enum InstallError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("making the install root's: {0}")]
+    Layout(crate::nofollow::FsError),
     #[error("{path} holds a configured runner of another version; refusing to replace it")]
     ConfiguredElsewhere { path: PathBuf },
 }
@@ -98,7 +100,28 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError
 /// runner-agent's marker counts when its listener reports that version
 /// (an image baked by other means); it is used as it is and not marked,
 /// since the marker asserts a digest check that did not happen.
+///
+/// With a dedicated runner user the install is made root's (`layout.rs`)
+/// before its listener is asked its version and again after an install,
+/// so no code the user could have changed runs as root later.
 pub async fn ensure_installed(
+    settings: &RunnerSettings,
+    owner: Option<&RunnerUser>,
+) -> Result<InstallOutcome, InstallError> {
+    secure(&settings.install_dir, owner)?;
+    let outcome = ensure_unpacked(settings, owner).await?;
+    secure(&settings.install_dir, owner)?;
+    Ok(outcome)
+}
+
+fn secure(dir: &Path, owner: Option<&RunnerUser>) -> Result<(), InstallError> {
+    match owner {
+        Some(owner) => super::layout::secure(dir, owner).map_err(InstallError::Layout),
+        None => Ok(()),
+    }
+}
+
+async fn ensure_unpacked(
     settings: &RunnerSettings,
     owner: Option<&RunnerUser>,
 ) -> Result<InstallOutcome, InstallError> {
@@ -159,7 +182,7 @@ pub async fn ensure_installed(
             (http, latest)
         }
     };
-    let sha256 = install_release(&http, settings, owner, &wanted).await?;
+    let sha256 = install_release(&http, settings, &wanted).await?;
     Ok(InstallOutcome::Installed {
         version: wanted.version,
         sha256,
@@ -199,7 +222,8 @@ pub async fn upgrade(
     if dir.join(".runner").exists() {
         return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
     }
-    let sha256 = install_release(&http, settings, owner, &latest).await?;
+    let sha256 = install_release(&http, settings, &latest).await?;
+    secure(dir, owner)?;
     if let RunnerVersion::Pinned(pinned) = &settings.version {
         let marker = dir.join(installed::UPGRADED_FROM_MARKER);
         if let Err(e) = std::fs::write(&marker, format!("{pinned}\n")) {
@@ -279,7 +303,6 @@ async fn pinned_digest(
 async fn install_release(
     http: &reqwest::Client,
     settings: &RunnerSettings,
-    owner: Option<&RunnerUser>,
     release: &Release,
 ) -> Result<String, InstallError> {
     let dir = &settings.install_dir;
@@ -296,17 +319,14 @@ async fn install_release(
     let result = match result {
         Ok(()) => {
             let (download, dir, version) = (download.clone(), dir.clone(), release.version.clone());
-            let owner = owner.cloned();
-            tokio::task::spawn_blocking(move || {
-                unpack_into_place(&download, &dir, &version, owner.as_ref())
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(InstallError::Io {
-                    path: parent,
-                    source: std::io::Error::other(e),
+            tokio::task::spawn_blocking(move || unpack_into_place(&download, &dir, &version))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(InstallError::Io {
+                        path: parent,
+                        source: std::io::Error::other(e),
+                    })
                 })
-            })
         }
         Err(e) => Err(e),
     };

@@ -261,7 +261,7 @@ mod tests {
             .unwrap();
         // Its group (the sleep included) is gone, or dying.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !super::super::tree::tree_members(Pgid::new(pid).unwrap()).is_empty() {
+        while super::super::tree::tree_alive(Pgid::new(pid).unwrap()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the listener's group lives on"

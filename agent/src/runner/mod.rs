@@ -5,6 +5,7 @@
 pub mod exit;
 pub mod install;
 pub mod installed;
+pub mod layout;
 pub mod pid;
 mod process;
 pub mod release;
@@ -26,7 +27,7 @@ use user::RunnerUser;
 
 /// Files the runner writes when configured; all of them must be gone
 /// before it can be configured again.
-const REGISTRATION_FILES: &[&str] = &[
+pub(crate) const REGISTRATION_FILES: &[&str] = &[
     ".runner",
     ".credentials",
     ".credentials_rsaparams",
@@ -46,9 +47,12 @@ pub const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `config.sh remove --local` touches only files.
 const LOCAL_REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the agent keeps its job hooks inside the runner directory (owned
-/// by the runner user, so the hooks can write the marker).
-const HOOK_DIR: &str = ".runner-agent";
+/// Where the agent keeps its job hooks inside the runner directory (root's
+/// with a dedicated runner user: see `layout.rs`)...
+pub(crate) const HOOK_DIR: &str = ".runner-agent";
+/// ...and, below it, the directory the hooks (run as the runner user)
+/// write their marker into.
+pub(crate) const JOB_DIR: &str = "job";
 const JOB_MARKER: &str = "job-active";
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,8 @@ pub enum RunnerError {
         what: &'static str,
         timeout: Duration,
     },
+    #[error("giving the registration to root: {0}")]
+    Layout(crate::nofollow::FsError),
     #[error("writing job hooks in {path}: {source}")]
     Hooks {
         path: PathBuf,
@@ -136,19 +142,27 @@ impl RunnerControl {
         self.dir.join(HOOK_DIR)
     }
 
+    fn job_marker(&self) -> PathBuf {
+        self.hook_dir().join(JOB_DIR).join(JOB_MARKER)
+    }
+
     /// Whether a job is running, as told by the runner's job hooks.
     pub fn job_active(&self) -> bool {
-        self.hook_dir().join(JOB_MARKER).exists()
+        self.job_marker().symlink_metadata().is_ok()
     }
 
     /// Whether a job's `Runner.Worker` process lives (the listener starts
-    /// one per job from `bin/`).
+    /// one per job from `bin/`). An unreadable /proc says yes: the agent
+    /// then waits as for a job, rather than cut one short.
     pub fn worker_running(&self) -> bool {
-        tree::runs_program(&self.dir.join("bin").join("Runner.Worker"))
+        tree::runs_program(&self.dir.join("bin").join("Runner.Worker")).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot tell whether a job runs; taking it as running");
+            true
+        })
     }
 
     pub fn clear_job_marker(&self) {
-        let _ = std::fs::remove_file(self.hook_dir().join(JOB_MARKER));
+        let _ = std::fs::remove_file(self.job_marker());
     }
 
     /// Writes the job-started / job-completed hook scripts the runner runs
@@ -159,8 +173,8 @@ impl RunnerControl {
             path: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let marker = dir.join(JOB_MARKER);
+        std::fs::create_dir_all(dir.join(JOB_DIR)).map_err(err)?;
+        let marker = self.job_marker();
         let started = format!(
             "#!/bin/bash\n# Written by runner-agent: a job runs, so the agent polls DynamoDB slowly.\ndate -u +%s > '{}'\n",
             marker.display()
@@ -173,13 +187,36 @@ impl RunnerControl {
             runner_agent_common::fs::write_atomically(&dir.join(name), body.as_bytes(), 0o755)
                 .map_err(err)?;
         }
+        // The scripts stay root's (a job could otherwise rewrite them for
+        // the next run); only the marker directory is the user's.
         if let Some(user) = &self.user {
-            user.chown_tree(&dir).map_err(err)?;
+            layout::user_dirs(&self.dir, user)
+                .map_err(|e| err(std::io::Error::other(e.to_string())))?;
         }
         Ok(())
     }
 
-    fn command(&self, script: &str) -> Command {
+    /// Makes the install the runner user cannot change (`layout.rs`); with
+    /// no dedicated user there is no one to keep out.
+    pub fn secure_install(&self) -> Result<(), crate::nofollow::FsError> {
+        match &self.user {
+            Some(user) => layout::secure(&self.dir, user),
+            None => Ok(()),
+        }
+    }
+
+    /// `config.sh` (register, remove): as root when the runner has a user
+    /// of its own, so that it runs the verified root-owned install and
+    /// writes files the user cannot change.
+    fn config_command(&self) -> Command {
+        let mut command = self.command("config.sh", None);
+        if self.user.is_some() {
+            command.env("RUNNER_ALLOW_RUNASROOT", "1");
+        }
+        command
+    }
+
+    fn command(&self, script: &str, user: Option<&RunnerUser>) -> Command {
         let mut command = Command::new(self.dir.join(script));
         command
             .current_dir(&self.dir)
@@ -197,7 +234,7 @@ impl RunnerControl {
                 .map_err(|e| tracing::error!(error = %e, "the runner starts outside its cgroup"))
                 .ok()
         });
-        user::confine(command.as_std_mut(), self.user.as_ref(), procs);
+        user::confine(command.as_std_mut(), user, procs);
         command
     }
 
@@ -246,7 +283,7 @@ impl RunnerControl {
             labels.push(',');
             labels.push_str(extra);
         }
-        let mut command = self.command("config.sh");
+        let mut command = self.config_command();
         command
             .args([
                 "--url",
@@ -275,7 +312,11 @@ impl RunnerControl {
         .unwrap_or(Err(RunnerError::TimedOut {
             what: "config.sh",
             timeout: CONFIGURE_TIMEOUT,
-        }))
+        }))?;
+        if let Some(user) = &self.user {
+            layout::registration_readable(&self.dir, user).map_err(RunnerError::Layout)?;
+        }
+        Ok(())
     }
 
     /// Deregisters: `config.sh remove` with the token when there is one (the
@@ -286,7 +327,7 @@ impl RunnerControl {
     /// plane's 120 s); the script's process group dies with its timeout.
     pub async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
         if let Some(token) = token {
-            let mut command = self.command("config.sh");
+            let mut command = self.config_command();
             command
                 .args(["remove", "--unattended"])
                 .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
@@ -303,7 +344,7 @@ impl RunnerControl {
                 ),
             }
         }
-        let mut command = self.command("config.sh");
+        let mut command = self.config_command();
         command.args(["remove", "--local"]);
         let local = self.run_to_end(command, "config.sh", "config.sh remove --local");
         let local = match tokio::time::timeout(LOCAL_REMOVE_TIMEOUT, local).await {
@@ -329,7 +370,7 @@ impl RunnerControl {
     pub fn start(&self) -> Result<RunningRunner, RunnerError> {
         self.clear_job_marker();
         let listener = "bin/Runner.Listener";
-        let mut command = self.command(listener);
+        let mut command = self.command(listener, self.user.as_ref());
         let hooks = self.hook_dir();
         command.arg("run");
         command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
@@ -364,7 +405,11 @@ impl RunnerControl {
     /// Takes over a runner left by an earlier agent process, if its process
     /// group is alive and still works in the runner directory.
     pub fn adopt(&self, pgid: Pgid) -> Option<RunningRunner> {
-        tree::group_belongs_to(pgid, &self.dir).then(|| RunningRunner {
+        let belongs = tree::group_belongs_to(pgid, &self.dir).unwrap_or_else(|e| {
+            tracing::warn!(%pgid, error = %e, "cannot tell whether the runner lives; not adopting it");
+            false
+        });
+        belongs.then(|| RunningRunner {
             child: None,
             pgid,
             stop_timeout: self.stop_timeout,
@@ -374,7 +419,11 @@ impl RunnerControl {
     /// Stops every process working in the runner directory: runners left by
     /// an earlier agent process whose state was lost.
     pub async fn stop_strays(&self) {
-        tree::stop_groups_in(&self.dir, self.stop_timeout).await;
+        if let Err(e) = tree::stop_groups_in(&self.dir, self.stop_timeout).await {
+            // The reset's own sweep fails on the same error, so nothing
+            // unseen is pooled.
+            tracing::error!(error = %e, "looking for stray runner processes");
+        }
     }
 }
 

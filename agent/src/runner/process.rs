@@ -17,7 +17,7 @@ pub(super) struct GroupKillGuard(pub(super) Option<Pgid>);
 impl Drop for GroupKillGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
-            if !tree::tree_members(pgid).is_empty() {
+            if tree::tree_alive(pgid) {
                 // Gone in between (ESRCH) is as good as killed.
                 let _ = killpg(pgid.as_pid(), Signal::SIGKILL);
             }
@@ -47,7 +47,7 @@ impl RunningRunner {
         match &mut self.child {
             Some(child) => child.wait().await.ok(),
             None => loop {
-                if tree::tree_members(self.pgid).is_empty() {
+                if !tree::tree_alive(self.pgid) {
                     return None;
                 }
                 tokio::time::sleep(ADOPTED_POLL).await;

@@ -4,6 +4,7 @@
 //! grace period.
 
 use super::pid::Pgid;
+use crate::ps::{self, Process, PsError};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
@@ -14,73 +15,58 @@ use tokio::time::Instant;
 /// How often to look whether the tree is gone while waiting.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone, Copy)]
-struct ProcInfo {
-    ppid: i32,
-    pgrp: i32,
-    zombie: bool,
+/// The processes by pid, not counting zombies (already dead, waiting for
+/// their parent).
+fn live() -> Result<HashMap<i32, Process>, PsError> {
+    Ok(ps::snapshot()?
+        .into_iter()
+        .filter(|p| !p.zombie)
+        .map(|p| (p.pid, p))
+        .collect())
 }
 
-fn read_proc(pid: i32) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain spaces or
-    // parentheses; the fields after the last ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some(ProcInfo {
-        ppid,
-        pgrp,
-        zombie: state == "Z" || state == "X",
-    })
-}
-
-fn all_processes() -> HashMap<i32, ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| Some((pid, read_proc(pid)?)))
-        .collect()
-}
-
-/// Live members of process group `pgid` and all descendants of them, not
-/// counting zombies (already dead, waiting for their parent).
-pub fn tree_members(pgid: Pgid) -> HashSet<i32> {
-    let procs = all_processes();
+/// Live members of process group `pgid` and all descendants of them. A
+/// /proc that cannot be read is an error: never "nothing left".
+pub fn tree_members(pgid: Pgid) -> Result<HashSet<i32>, PsError> {
+    let procs = live()?;
     let mut members: HashSet<i32> = procs
-        .iter()
-        .filter(|(_, p)| p.pgrp == pgid.as_raw())
-        .map(|(pid, _)| *pid)
+        .values()
+        .filter(|p| p.pgrp == pgid.as_raw())
+        .map(|p| p.pid)
         .collect();
     loop {
         let before = members.len();
-        for (pid, p) in &procs {
+        for p in procs.values() {
             if members.contains(&p.ppid) {
-                members.insert(*pid);
+                members.insert(p.pid);
             }
         }
         if members.len() == before {
-            break;
+            return Ok(members);
         }
     }
-    members.retain(|pid| procs.get(pid).is_some_and(|p| !p.zombie));
-    members
+}
+
+/// Whether the tree still has a member; an unreadable /proc says yes (the
+/// callers then keep watching, or kill).
+pub fn tree_alive(pgid: Pgid) -> bool {
+    match tree_members(pgid) {
+        Ok(members) => !members.is_empty(),
+        Err(e) => {
+            tracing::warn!(%pgid, error = %e, "cannot tell whether the process tree lives; taking it as alive");
+            true
+        }
+    }
 }
 
 /// Whether a live process runs `program`: as its executable (argv[0]), or
 /// as the script an interpreter runs (argv[1]).
-pub fn runs_program(program: &Path) -> bool {
+pub fn runs_program(program: &Path) -> Result<bool, PsError> {
     let wanted = program.as_os_str().as_encoded_bytes();
-    all_processes()
-        .iter()
-        .filter(|(_, p)| !p.zombie)
-        .any(|(pid, _)| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).take(2).any(|arg| arg == wanted))
-        })
+    Ok(live()?.keys().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).take(2).any(|arg| arg == wanted))
+    }))
 }
 
 /// Stale ids fail with ESRCH, which is what we want: the process is gone.
@@ -93,77 +79,81 @@ fn signal_all(pgid: Pgid, pids: &HashSet<i32>, signal: Signal) {
 
 /// Sends SIGTERM to the tree rooted in process group `pgid`, waits up to
 /// `grace` for it to go, then SIGKILLs what is left. Returns whether the
-/// tree was gone within the grace period.
+/// tree was gone within the grace period. While /proc cannot be read, the
+/// group itself is still signalled and the tree counts as not gone.
 pub async fn stop_tree(pgid: Pgid, grace: Duration) -> bool {
-    let members = tree_members(pgid);
-    if members.is_empty() {
-        return true;
-    }
+    let mut members = tree_members(pgid).unwrap_or_else(|e| {
+        tracing::warn!(%pgid, error = %e, "listing the process tree; signalling its group only");
+        HashSet::new()
+    });
     tracing::debug!(%pgid, processes = members.len(), "stopping process tree");
     signal_all(pgid, &members, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     loop {
-        let left = tree_members(pgid);
-        let left: HashSet<i32> = left
-            .union(&members)
-            .copied()
-            .filter(|p| alive(*p))
-            .collect();
-        if left.is_empty() {
+        let gone = match tree_members(pgid) {
+            Ok(now) => {
+                members.extend(now);
+                members.retain(|p| alive(*p));
+                members.is_empty()
+            }
+            Err(_) => false,
+        };
+        if gone {
             return true;
         }
         if Instant::now() >= deadline {
             tracing::warn!(
                 %pgid,
-                processes = left.len(),
+                processes = members.len(),
                 "process tree ignored SIGTERM; sending SIGKILL"
             );
-            signal_all(pgid, &left, Signal::SIGKILL);
+            signal_all(pgid, &members, Signal::SIGKILL);
             return false;
         }
         tokio::time::sleep(EXIT_POLL).await;
     }
 }
 
+/// Unreadable counts as alive.
 fn alive(pid: i32) -> bool {
-    read_proc(pid).is_some_and(|p| !p.zombie)
+    ps::read_one(pid).map_or(true, |p| p.is_some_and(|p| !p.zombie))
+}
+
+fn works_in(pid: i32, dir: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
 }
 
 /// Whether process group `pgid` still has a member working in `dir`: guards
 /// against killing an unrelated group that reused a runner's old pgid after
 /// a reboot or a long outage.
-pub fn group_belongs_to(pgid: Pgid, dir: &Path) -> bool {
-    all_processes()
-        .iter()
-        .filter(|(_, p)| p.pgrp == pgid.as_raw() && !p.zombie)
-        .any(|(pid, _)| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-        })
+pub fn group_belongs_to(pgid: Pgid, dir: &Path) -> Result<bool, PsError> {
+    Ok(live()?
+        .values()
+        .filter(|p| p.pgrp == pgid.as_raw())
+        .any(|p| works_in(p.pid, dir)))
 }
 
 /// Process groups with a live member whose working directory is in `dir`,
 /// except the agent's own (and group 0 of kernel threads).
-pub fn groups_in_dir(dir: &Path) -> HashSet<Pgid> {
+pub fn groups_in_dir(dir: &Path) -> Result<HashSet<Pgid>, PsError> {
     let own = std::process::id() as i32;
-    all_processes()
-        .iter()
-        .filter(|(pid, p)| !p.zombie && **pid != own && p.pgrp != own)
-        .filter(|(pid, _)| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-        })
-        .filter_map(|(_, p)| Pgid::new(p.pgrp))
-        .collect()
+    Ok(live()?
+        .values()
+        .filter(|p| p.pid != own && p.pgrp != own)
+        .filter(|p| works_in(p.pid, dir))
+        .filter_map(|p| Pgid::new(p.pgrp))
+        .collect())
 }
 
 /// Stops every process group working in `dir` (SIGTERM, SIGKILL after
 /// `grace`); returns how many there were.
-pub async fn stop_groups_in(dir: &Path, grace: Duration) -> usize {
-    let groups = groups_in_dir(dir);
+pub async fn stop_groups_in(dir: &Path, grace: Duration) -> Result<usize, PsError> {
+    let groups = groups_in_dir(dir)?;
     for pgid in &groups {
         tracing::warn!(%pgid, "stopping a stray runner process group");
         stop_tree(*pgid, grace).await;
     }
-    groups.len()
+    Ok(groups.len())
 }
 
 #[cfg(test)]
@@ -183,7 +173,7 @@ mod tests {
             .unwrap();
         let pgid = Pgid::new(child.id() as i32).unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        let members = tree_members(pgid);
+        let members = tree_members(pgid).unwrap();
         assert!(members.len() >= 3, "{members:?}");
         assert!(stop_tree(pgid, Duration::from_secs(5)).await);
         let _ = child.wait();

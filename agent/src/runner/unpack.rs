@@ -1,10 +1,9 @@
 //! From a verified tarball to the install dir: unpacked safely into a
-//! staging directory beside it, marked, given to the runner user, and
-//! renamed into place, so the install dir never holds half a runner.
+//! staging directory beside it, marked, and renamed into place (root's:
+//! `layout.rs` decides what the runner user may write), so the install dir never holds half a runner.
 
 use super::install::{io_err, InstallError};
 use super::installed::VERSION_MARKER;
-use super::user::RunnerUser;
 use std::path::{Component, Path, PathBuf};
 
 /// What a new runner version takes over from the one it replaces: `_work`
@@ -17,7 +16,6 @@ pub(super) fn unpack_into_place(
     tarball: &Path,
     dir: &Path,
     version: &str,
-    owner: Option<&RunnerUser>,
 ) -> Result<(), InstallError> {
     let staging = sibling(dir, "partial");
     let _ = std::fs::remove_dir_all(&staging);
@@ -27,11 +25,6 @@ pub(super) fn unpack_into_place(
         unpack_safely(flate2::read::GzDecoder::new(file), &staging)?;
         std::fs::write(staging.join(VERSION_MARKER), format!("{version}\n"))
             .map_err(io_err(&staging))?;
-        // Before the carried entries join: they keep their owners, and a
-        // tool cache can be large.
-        if let Some(owner) = owner {
-            owner.chown_tree(&staging).map_err(io_err(&staging))?;
-        }
         swap_in(&staging, dir)
     })();
     if result.is_err() {
@@ -247,7 +240,7 @@ mod tests {
     fn a_new_version_replaces_the_old_and_keeps_work_and_hooks() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("runner");
-        unpack_into_place(&release_tarball(root.path(), "1.0.0"), &dir, "1.0.0", None).unwrap();
+        unpack_into_place(&release_tarball(root.path(), "1.0.0"), &dir, "1.0.0").unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join(VERSION_MARKER)).unwrap(),
             "1.0.0\n"
@@ -258,7 +251,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("_diag")).unwrap();
         std::fs::write(dir.join("only-in-1.0.0"), "").unwrap();
 
-        unpack_into_place(&release_tarball(root.path(), "2.0.0"), &dir, "2.0.0", None).unwrap();
+        unpack_into_place(&release_tarball(root.path(), "2.0.0"), &dir, "2.0.0").unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("run.sh")).unwrap(),
             "2.0.0"
@@ -286,7 +279,7 @@ mod tests {
     fn a_failed_swap_leaves_the_old_version_whole() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("runner");
-        unpack_into_place(&release_tarball(root.path(), "1.0.0"), &dir, "1.0.0", None).unwrap();
+        unpack_into_place(&release_tarball(root.path(), "1.0.0"), &dir, "1.0.0").unwrap();
         std::fs::create_dir_all(dir.join("_work/_tool")).unwrap();
         // A staging dir that vanished: carrying `_work` into it fails
         // after the old version was moved aside.

@@ -4,7 +4,7 @@ use nix::unistd::{Gid, Uid, User};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Everything the child needs to become the runner user, resolved in the
@@ -78,19 +78,6 @@ impl RunnerUser {
             });
         }
         Ok(Some(user))
-    }
-
-    /// Gives the whole tree at `root` to this user (links themselves, not
-    /// their targets).
-    pub fn chown_tree(&self, root: &Path) -> std::io::Result<()> {
-        std::os::unix::fs::lchown(root, Some(self.uid.as_raw()), Some(self.gid.as_raw()))?;
-        if root.is_symlink() || !root.is_dir() {
-            return Ok(());
-        }
-        for entry in std::fs::read_dir(root)? {
-            self.chown_tree(&entry?.path())?;
-        }
-        Ok(())
     }
 }
 
@@ -208,6 +195,6 @@ mod tests {
         want.sort_unstable();
         want.dedup();
         assert_eq!(got, want);
-        assert_eq!(Path::new(lines[3]), user.home);
+        assert_eq!(std::path::Path::new(lines[3]), user.home);
     }
 }

@@ -23,6 +23,10 @@ pub const DEFAULT_HOME_PATHS: &[&str] = &[
     ".ssh",
 ];
 
+/// Where the runner user's files are removed at any depth after a run:
+/// temp dirs, POSIX shared memory and message queues.
+pub const DEFAULT_TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReset {
@@ -32,7 +36,10 @@ pub(super) struct RawReset {
     pub diag_max_size: Option<String>,
     pub home: Option<PathBuf>,
     pub home_paths: Option<Vec<String>>,
+    pub home_keep: Option<Vec<String>>,
+    pub home_max: Option<String>,
     pub temp_dirs: Option<Vec<PathBuf>>,
+    pub deny_cron: Option<bool>,
     pub docker: Option<String>,
     pub docker_cli: Option<PathBuf>,
     pub docker_host: Option<String>,
@@ -73,11 +80,20 @@ pub struct ResetSettings {
     pub diag_max_size: u64,
     /// The runner user's home; `None`: from the user database.
     pub home: Option<PathBuf>,
-    /// Removed from the home (relative paths).
+    /// Removed from the home (relative paths) when the runner has no user
+    /// of its own; with one, the whole home is restored instead.
     pub home_paths: Vec<PathBuf>,
+    /// With a dedicated runner user: what survives the home's restore
+    /// (relative paths: caches a later run may trust).
+    pub home_keep: Vec<PathBuf>,
+    /// The home's baseline copy is refused past this many bytes.
+    pub home_max: u64,
     /// Files and directories the runner user owns here are removed (a
     /// dedicated runner user only: root owns too much of /tmp).
     pub temp_dirs: Vec<PathBuf>,
+    /// The runner user goes into /etc/cron.deny and /etc/at.deny (its
+    /// crontab and at jobs are removed after every run either way).
+    pub deny_cron: bool,
     pub docker: DockerMode,
     pub docker_cli: PathBuf,
     /// `--host` for the CLI; `None`: its own default (DOCKER_HOST, context).
@@ -154,9 +170,12 @@ pub(super) fn validate_reset(path: &Path, raw: RawReset) -> Result<ResetSettings
             raw.home_paths
                 .unwrap_or_else(|| DEFAULT_HOME_PATHS.iter().map(|p| p.to_string()).collect()),
         )?,
+        home_keep: relative("home_keep", raw.home_keep.unwrap_or_default())?,
+        home_max: size("home_max", &raw.home_max, 256 << 20)?,
         temp_dirs: raw
             .temp_dirs
-            .unwrap_or_else(|| vec!["/tmp".into(), "/var/tmp".into()]),
+            .unwrap_or_else(|| DEFAULT_TEMP_DIRS.iter().map(PathBuf::from).collect()),
+        deny_cron: raw.deny_cron.unwrap_or(false),
         docker,
         docker_cli: raw.docker_cli.unwrap_or_else(|| "docker".into()),
         docker_host: raw.docker_host,

