@@ -234,8 +234,9 @@ async fn run_instance(
         status: status_tx,
         metrics,
     };
-    let cgroup = runner_cgroup(&settings, &id.instance_id);
+    let (cgroup, refusal) = runner_cgroup(&settings, &id.instance_id);
     let host = LocalHost {
+        refusal,
         control: RunnerControl::new(&settings, &id.instance_id, user.clone(), cgroup.clone()),
         resetter: Resetter::new(&settings, user.clone(), cgroup.clone()),
         settings,
@@ -292,21 +293,30 @@ async fn export_metrics(
 }
 
 /// The cgroup every runner process is born into, so that the reset can
-/// kill all of them; without one, process groups are the fallback (a job
-/// can leave those). The mechanism is logged: it decides what the reset
-/// can promise.
-fn runner_cgroup(settings: &Settings, instance_id: &str) -> Option<Arc<RunnerCgroup>> {
+/// kill all of them. Without one, process groups are all the reset has,
+/// and a job that leaves its group survives it: the agent then refuses to
+/// serve (the reason comes back), unless `reset.allow_weaker` accepts
+/// that. The mechanism is logged: it decides what the reset can promise.
+fn runner_cgroup(
+    settings: &Settings,
+    instance_id: &str,
+) -> (Option<Arc<RunnerCgroup>>, Option<String>) {
     if !settings.reset.enabled {
-        return None;
+        return (None, None);
     }
     match RunnerCgroup::create(&format!("runner-agent-{instance_id}")) {
         Ok(cgroup) => {
             tracing::info!(mechanism = %cgroup.describe(), "runner processes tracked by cgroup");
-            Some(Arc::new(cgroup))
+            (Some(Arc::new(cgroup)), None)
+        }
+        Err(e) if settings.reset.allow_weaker => {
+            tracing::warn!(error = %e, "no cgroup for the runner: process groups only (a job that leaves its group survives the reset; reset.allow_weaker)");
+            (None, None)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "no cgroup for the runner: process groups only (a job that leaves its group survives the reset)");
-            None
+            let reason = format!("no cgroup for the runner ({e}): a job could outlive its run; set reset.allow_weaker = true to serve with process groups only");
+            tracing::error!("{reason}");
+            (None, Some(reason))
         }
     }
 }

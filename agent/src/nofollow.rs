@@ -235,6 +235,43 @@ impl DirFd {
         }
     }
 
+    /// The directory at `relative` below this one if every component is a
+    /// real directory; `None` otherwise. Nothing is changed (the check's
+    /// way to look).
+    pub fn lookup(&self, relative: &Path) -> Result<Option<DirFd>, FsError> {
+        let mut current: Option<DirFd> = None;
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            match current.as_ref().unwrap_or(self).child(name)? {
+                Some(next) => current = Some(next),
+                None => return Ok(None),
+            }
+        }
+        match current {
+            Some(dir) => Ok(Some(dir)),
+            None => DirFd::open_again(self),
+        }
+    }
+
+    /// Whether anything stands at `relative` or in the way to it (a link
+    /// or file where a directory on the way belongs).
+    pub fn exists(&self, relative: &Path) -> Result<bool, FsError> {
+        let mut current: Option<DirFd> = None;
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            let here = current.as_ref().unwrap_or(self);
+            match here.child(name)? {
+                Some(next) => current = Some(next),
+                None => return Ok(here.stat(name)?.is_some()),
+            }
+        }
+        Ok(true)
+    }
+
     fn open_again(dir: &DirFd) -> Result<Option<DirFd>, FsError> {
         let fd =
             nix::fcntl::openat(dir.fd(), ".", DIR_FLAGS, Mode::empty()).map_err(sys(&dir.path))?;

@@ -21,6 +21,9 @@ pub struct Status {
     pub runner_version: Option<String>,
     /// `ok`, or `failed: <why>`, once a reset has run in this process.
     pub last_reset: Option<String>,
+    /// The clean-slate check after it: `pass at <time> in <n> ms`, or
+    /// `fail at <time>: <invariant>: <what>`.
+    pub last_check: Option<String>,
 }
 
 impl Status {
@@ -33,6 +36,21 @@ impl Status {
         self.last_reset = Some(match outcome {
             Ok(_) => "ok".to_owned(),
             Err(why) => shorten(&format!("failed: {why}")),
+        });
+    }
+}
+
+impl Status {
+    /// Short (the heartbeat stays one write unit): the failed invariant's
+    /// detail is in `last_reset` already.
+    pub fn set_check(&mut self, check: &crate::state::CheckRecord) {
+        self.last_check = Some(match &check.failed {
+            None => format!("pass at {} in {} ms", check.at, check.millis),
+            Some(why) => format!(
+                "fail at {}: {}",
+                check.at,
+                why.split(':').next().unwrap_or_default()
+            ),
         });
     }
 }

@@ -323,6 +323,7 @@ fn status_attributes(status: &Status, free_disk: Option<u64>) -> Item {
         ("runId", status.run_id.as_deref()),
         ("runnerVersion", status.runner_version.as_deref()),
         ("lastReset", status.last_reset.as_deref()),
+        ("lastCheck", status.last_check.as_deref()),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -442,7 +443,8 @@ mod tests {
             run_id: Some(crate::status::shorten(&"9".repeat(1000))),
             job_active: true,
             runner_version: Some("2.399.999".into()),
-            last_reset: Some(long),
+            last_reset: Some(long.clone()),
+            last_check: Some("fail at 2026-11-28T16:00:00Z: scheduled jobs".into()),
         };
         let mut item = Table::key(PK_HEARTBEAT, &instance_sk("i-0123456789abcdef0"));
         item.extend(status_attributes(&status, Some(u64::MAX)));
@@ -468,7 +470,7 @@ mod tests {
             })
             .sum();
         assert!(size < 1024, "{size} bytes");
-        assert_eq!(item.len(), 13);
+        assert_eq!(item.len(), 14);
     }
 
     #[test]

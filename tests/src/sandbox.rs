@@ -155,6 +155,9 @@ mount -o remount,bind,ro "$root/usr"
 mount --bind "$root/.usr-local" "$root/usr/local"
 mount --bind /dev "$root/dev"
 mount --bind /proc "$root/proc"
+# The cgroup hierarchies, as systemd mounts them on an instance: the agent
+# refuses to serve without a cgroup for its runner.
+mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
 exec chroot "$root" "$@"
 "#;
 
@@ -181,6 +184,7 @@ impl Sandbox {
             "home",
             "dev",
             "proc",
+            "sys/fs/cgroup",
         ] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }

@@ -61,11 +61,15 @@ impl TestUser {
                 .parse()
                 .unwrap()
         };
-        TestUser {
+        let user = TestUser {
             name,
             uid: id("-u"),
             gid: id("-g"),
-        }
+        };
+        // A uid is reused once its user is gone: what an earlier user of
+        // this uid left (a killed test run) must not count for this one.
+        purge_uid(user.uid);
+        user
     }
 
     /// `command` run as this user (uid, gid, its groups), as a job would.
@@ -86,8 +90,49 @@ fn remove(name: &str) {
     let _ = Command::new("userdel").arg(name).output();
 }
 
+/// The uid's SysV IPC objects and at jobs, which outlive a user.
+fn purge_uid(uid: u32) {
+    for (kind, flag) in [("shm", "-m"), ("sem", "-s"), ("msg", "-q")] {
+        let table = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let col = |name: &str| header.iter().position(|c| *c == name);
+        let (Some(id), Some(owner), Some(creator)) = (
+            col(&format!("{kind}id").replace("msgid", "msqid")),
+            col("uid"),
+            col("cuid"),
+        ) else {
+            continue;
+        };
+        for row in lines.map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+            let mine = [owner, creator]
+                .iter()
+                .any(|c| row.get(*c) == Some(&uid.to_string().as_str()));
+            if let (true, Some(id)) = (mine, row.get(id)) {
+                let _ = Command::new("ipcrm").args([flag, id]).output();
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/var/spool/cron/atjobs") {
+        use std::os::unix::fs::MetadataExt;
+        for entry in dir.filter_map(Result::ok) {
+            if entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.uid() == uid)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 impl Drop for TestUser {
     fn drop(&mut self) {
+        purge_uid(self.uid);
         remove(self.name);
     }
 }

@@ -298,3 +298,109 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
     }
     assert_eq!(stack.count_events("CONFIGURE "), RUNS + 1);
 }
+
+/// Docker state a job makes to come back, with the real dockerd of the
+/// reset tests (`images = "baseline"`): a `--restart=always` container, a
+/// swarm with a service (whose tasks come back after every removal), the
+/// baseline image re-tagged to an image the job committed, a tag of its
+/// own. After each release none of it is left, the baseline tag names the
+/// baseline image again, and the operator's container and image stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_state_that_comes_back_is_gone() {
+    use stack::docker::{Dockerd, IMAGE};
+    let dockerd = Dockerd::start();
+    let sidecar = dockerd.lines(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "sidecar",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    let image_id = dockerd.lines(&["image", "inspect", "--format", "{{.Id}}", IMAGE]);
+    let stack = Stack::start(StackOptions::default()).await;
+    let host = dockerd.host();
+    let agent = stack.spawn_agent(&AgentSpec {
+        reset: vec![
+            "docker = \"required\"".into(),
+            format!("docker_host = \"{host}\""),
+            "images = \"baseline\"".into(),
+        ],
+        ..Default::default()
+    });
+    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    let id = stack.instance_id.clone();
+    let mut previous = (INITIAL_RUN_ID.to_owned(), "created");
+    for run in 1..=3 {
+        let (run_id, from) = previous.clone();
+        let job = format!(
+            r#"d() {{ docker --host '{host}' "$@"; }}
+d run -d --restart=always --network none {IMAGE} sleep 1000 >/dev/null
+d swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:0 >/dev/null
+d service create --detach --name evil-{run} --restart-condition any {IMAGE} sleep 1000 >/dev/null
+d run --name mk-{run} --network none {IMAGE} sh -c 'echo evil > /evil'
+d commit mk-{run} {IMAGE} >/dev/null
+d tag {IMAGE} job-image:{run}
+d rm mk-{run} >/dev/null
+echo steps done
+"#
+        );
+        stack.queue_steps(&run_id, &job);
+        stack.wait_steps(&run_id).await;
+        // The service's task runs before the release.
+        let started = std::time::Instant::now();
+        while dockerd
+            .lines(&["ps", "-q", "--filter", "name=evil-"])
+            .is_empty()
+        {
+            assert!(
+                started.elapsed() < SIGNAL_WAIT,
+                "run {run}: no service task: {}",
+                stack.steps_log(&run_id)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_ne!(
+            dockerd.lines(&["image", "inspect", "--format", "{{.Id}}", IMAGE]),
+            image_id,
+            "run {run}: the job re-tagged the baseline image"
+        );
+        stack.cp.release(&id, &run_id, from).await;
+        expect(&stack, &agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id).await;
+        // Nothing comes back a while later either.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            dockerd.lines(&["ps", "-aq", "--no-trunc"]),
+            sidecar,
+            "run {run}"
+        );
+        assert_eq!(
+            dockerd.lines(&["info", "--format", "{{.Swarm.LocalNodeState}}"]),
+            ["inactive"],
+            "run {run}"
+        );
+        assert_eq!(
+            dockerd.lines(&["image", "inspect", "--format", "{{.Id}}", IMAGE]),
+            image_id,
+            "run {run}: the baseline tag names the baseline image"
+        );
+        assert!(
+            dockerd
+                .lines(&["image", "ls", "-q", "job-image"])
+                .is_empty(),
+            "run {run}: the job's image stays"
+        );
+        let next = format!("8000-{run}");
+        stack.cp.claim(&id, &next).await;
+        expect(&stack, &agent, "UD_REG_OK", &next).await;
+        previous = (next, "claimed");
+    }
+    assert!(
+        agent.log_text().contains("swarm left"),
+        "{}",
+        agent.log_text()
+    );
+}

@@ -48,6 +48,9 @@ pub struct AgentFields {
     pub runner_version: Option<String>,
     pub free_disk_bytes: Option<u64>,
     pub last_reset: Option<String>,
+    /// The clean-slate check (`--json` only: the line keeps `reset ...`,
+    /// which names a failed check too).
+    pub last_check: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -156,6 +159,7 @@ fn agent_fields(beat: &Item) -> Option<AgentFields> {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok()),
         last_reset: s(beat, "lastReset").map(str::to_owned),
+        last_check: s(beat, "lastCheck").map(str::to_owned),
     })
 }
 

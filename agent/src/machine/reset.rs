@@ -56,6 +56,10 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         outcome: Result<String, String>,
         took: Duration,
     ) -> Signal {
+        if let Some(check) = self.world.host.last_check() {
+            self.publish(|status| status.set_check(&check));
+            self.state.last_check = Some(check);
+        }
         self.publish(|status| status.set_reset(&outcome));
         self.setup.metrics.reset(outcome.is_ok(), took);
         match outcome {

@@ -90,6 +90,10 @@ pub trait RunnerHost: Send + Sync {
     /// Resets the instance for the next run: `Ok` with a summary, or why it
     /// is not clean.
     fn reset(&self) -> impl Future<Output = Result<String, String>> + Send;
+    /// The clean-slate check of the last reset, if it got that far.
+    fn last_check(&self) -> Option<crate::state::CheckRecord> {
+        None
+    }
 }
 
 /// A running `Runner.Listener`.
@@ -167,6 +171,32 @@ pub struct LocalHost {
     pub user: Option<crate::runner::user::RunnerUser>,
     /// The runner version the install dir holds, once installed.
     pub installed: std::sync::Mutex<Option<String>>,
+    /// Why this host must not serve at all (no cgroup for the runner):
+    /// the install fails with it, so every claim gets `UD_REG_FAILED`.
+    pub refusal: Option<String>,
+}
+
+impl LocalHost {
+    /// With a dedicated runner user: writes down the verified, root-owned
+    /// install, which the reset's check compares after every run.
+    fn record_manifest(&self) -> Result<(), crate::runner::install::InstallError> {
+        use crate::runner::install::InstallError;
+        use crate::runner::manifest::Manifest;
+        if self.user.is_none() {
+            return Ok(());
+        }
+        let path = self.settings.state_dir.join(crate::reset::INSTALL_MANIFEST);
+        let err = |e: crate::runner::manifest::ManifestError| InstallError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let previous = Manifest::load(&path).unwrap_or_default();
+        let manifest =
+            Manifest::record(&self.settings.runner.install_dir, previous.as_ref()).map_err(err)?;
+        manifest.save(&path).map_err(err)?;
+        tracing::info!(entries = manifest.files(), "install manifest recorded");
+        Ok(())
+    }
 }
 
 impl RunnerHost for LocalHost {
@@ -183,9 +213,20 @@ impl RunnerHost for LocalHost {
 
     async fn install(&self) -> Result<(), InstallFailure> {
         use crate::runner::install::{self, InstallError, InstallOutcome};
+        if let Some(reason) = &self.refusal {
+            return Err(InstallFailure {
+                retryable: false,
+                message: reason.clone(),
+            });
+        }
         let runner = &self.settings.runner;
         let dir = runner.install_dir.display();
-        match install::ensure_installed(runner, self.user.as_ref()).await {
+        let installed = install::ensure_installed(runner, self.user.as_ref()).await;
+        let installed = match installed {
+            Ok(outcome) => self.record_manifest().map(|()| outcome),
+            Err(e) => Err(e),
+        };
+        match installed {
             Ok(outcome) => {
                 let version = outcome.version();
                 *self.installed.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -230,7 +271,14 @@ impl RunnerHost for LocalHost {
             .clone()
             .unwrap_or_default();
         let runner = &self.settings.runner;
-        match install::upgrade(runner, self.user.as_ref(), &current).await {
+        let upgraded = install::upgrade(runner, self.user.as_ref(), &current).await;
+        let upgraded = match upgraded {
+            Ok(outcome @ UpgradeOutcome::Upgraded { .. }) => {
+                self.record_manifest().map(|()| outcome)
+            }
+            other => other,
+        };
+        match upgraded {
             Ok(UpgradeOutcome::Upgraded { version, sha256 }) => {
                 tracing::info!(from = current, to = version, sha256, "runner upgraded");
                 *self.installed.lock().unwrap_or_else(|e| e.into_inner()) = Some(version.clone());
@@ -298,5 +346,9 @@ impl RunnerHost for LocalHost {
 
     async fn reset(&self) -> Result<String, String> {
         self.resetter.run().await
+    }
+
+    fn last_check(&self) -> Option<crate::state::CheckRecord> {
+        self.resetter.last_check()
     }
 }

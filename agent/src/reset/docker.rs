@@ -7,7 +7,7 @@
 //! TLS settings they do, and it keeps an HTTP-over-unix-socket client and
 //! the API's version negotiation out of the agent. Every call is bounded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,6 +15,10 @@ use tokio::process::Command;
 
 /// One CLI call; `docker rm -f` of a few dozen containers is well inside.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Removal rounds: a container that holds the docker socket can start
+/// new ones while we remove, so the reset removes until a listing comes
+/// back with nothing of the run's, at most this often.
+const ROUNDS: usize = 5;
 
 /// Containers, volumes and networks present before the first run: they
 /// belong to the image or the operator (a log shipper, a cache), not to a
@@ -24,6 +28,55 @@ pub struct Inventory {
     pub containers: BTreeSet<String>,
     pub volumes: BTreeSet<String>,
     pub networks: BTreeSet<String>,
+    /// Whether the daemon was a swarm node (a job's `docker swarm init`
+    /// and services would bring containers back after every removal).
+    #[serde(default)]
+    pub swarm: bool,
+    /// Image tags (`repo:tag`) and the image id each named: a job that
+    /// re-tags `node:20` to an image of its own hands that image to every
+    /// later job that runs `node:20` without pulling.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Inventory {
+    /// What `self` (now) holds beyond `baseline`, named for a message;
+    /// empty when nothing. Images beyond the baseline count only when
+    /// `images_too` (reset.images = "baseline").
+    pub fn beyond(&self, baseline: &Inventory, images_too: bool) -> Vec<String> {
+        let mut extra = Vec::new();
+        let mut add = |what: &str, now: &BTreeSet<String>, then: &BTreeSet<String>| {
+            extra.extend(
+                now.difference(then)
+                    .map(|id| format!("{what} {}", short(id))),
+            );
+        };
+        add("container", &self.containers, &baseline.containers);
+        add("volume", &self.volumes, &baseline.volumes);
+        add("network", &self.networks, &baseline.networks);
+        if self.swarm && !baseline.swarm {
+            extra.push("swarm".to_owned());
+        }
+        for (tag, id) in &baseline.tags {
+            if self.tags.get(tag) != Some(id) {
+                extra.push(format!("tag {tag}"));
+            }
+        }
+        if images_too {
+            let then: BTreeSet<&String> = baseline.tags.values().collect();
+            for (tag, id) in &self.tags {
+                if !then.contains(id) {
+                    extra.push(format!("image {tag}"));
+                }
+            }
+        }
+        extra
+    }
+}
+
+fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +91,9 @@ pub struct Cleaned {
     pub volumes: usize,
     pub networks: usize,
     pub images: usize,
+    pub tags: usize,
+    pub rounds: usize,
+    pub swarm_left: bool,
 }
 
 impl Docker {
@@ -95,7 +151,28 @@ impl Docker {
     }
 
     pub async fn inventory(&self) -> Result<Inventory, String> {
+        let swarm = self
+            .call(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .await?;
+        let tags = self
+            .ids(&[
+                "image",
+                "ls",
+                "--no-trunc",
+                "--format",
+                "{{.Repository}}:{{.Tag}} {{.ID}}",
+            ])
+            .await?
+            .into_iter()
+            .filter_map(|line| {
+                let (tag, id) = line.split_once(' ')?;
+                // Dangling images have no name to poison.
+                (!tag.contains("<none>")).then(|| (tag.to_owned(), id.trim().to_owned()))
+            })
+            .collect();
         Ok(Inventory {
+            swarm: matches!(swarm.trim(), "active" | "pending" | "locked" | "error"),
+            tags,
             containers: self
                 .ids(&["ps", "-aq", "--no-trunc"])
                 .await?
@@ -114,24 +191,61 @@ impl Docker {
         })
     }
 
-    /// The containers (running ones killed), then the volumes and networks
-    /// not in `baseline`. Required: a failure here fails the reset.
-    pub async fn clean(&self, baseline: &Inventory) -> Result<Cleaned, String> {
+    /// Everything of the run's: the swarm it made (its services with it),
+    /// containers (running ones killed), volumes, networks; baseline tags
+    /// pointed back at their images; with `images_too`, every image the
+    /// baseline did not have. Round after round until a listing shows
+    /// nothing of the run's (a container holding the socket may start
+    /// more while we remove), at most `ROUNDS`. Required: a failure here
+    /// fails the reset.
+    pub async fn clean(&self, baseline: &Inventory, images_too: bool) -> Result<Cleaned, String> {
         let mut cleaned = Cleaned::default();
-        let containers: Vec<String> = self
-            .ids(&["ps", "-aq", "--no-trunc"])
-            .await?
-            .into_iter()
-            .filter(|c| !baseline.containers.contains(c))
+        for round in 1..=ROUNDS {
+            let now = self.inventory().await?;
+            if now.beyond(baseline, images_too).is_empty() {
+                return Ok(cleaned);
+            }
+            cleaned.rounds = round;
+            self.clean_once(&now, baseline, images_too, &mut cleaned)
+                .await?;
+        }
+        let left = self.inventory().await?.beyond(baseline, images_too);
+        if left.is_empty() {
+            Ok(cleaned)
+        } else {
+            Err(format!(
+                "docker: still there after {ROUNDS} rounds of removal: {}",
+                left.join(", ")
+            ))
+        }
+    }
+
+    async fn clean_once(
+        &self,
+        now: &Inventory,
+        baseline: &Inventory,
+        images_too: bool,
+        cleaned: &mut Cleaned,
+    ) -> Result<(), String> {
+        if now.swarm && !baseline.swarm {
+            // Leaving takes the node's services and their tasks along.
+            self.call(&["swarm", "leave", "--force"]).await?;
+            cleaned.swarm_left = true;
+        }
+        let containers: Vec<&str> = now
+            .containers
+            .difference(&baseline.containers)
+            .map(String::as_str)
             .collect();
         if !containers.is_empty() {
             // -f kills running ones (a job's container has no state worth
             // a graceful stop); -v takes their anonymous volumes along.
             let mut args = vec!["rm", "-f", "-v"];
-            args.extend(containers.iter().map(String::as_str));
+            args.extend(&containers);
             self.call(&args).await?;
-            cleaned.containers = containers.len();
+            cleaned.containers += containers.len();
         }
+        // Listed again: removed containers freed their volumes/networks.
         let now = self.inventory().await?;
         let volumes: Vec<&str> = now
             .volumes
@@ -142,7 +256,7 @@ impl Docker {
             let mut args = vec!["volume", "rm", "-f"];
             args.extend(&volumes);
             self.call(&args).await?;
-            cleaned.volumes = volumes.len();
+            cleaned.volumes += volumes.len();
         }
         let networks: Vec<&str> = now
             .networks
@@ -153,14 +267,43 @@ impl Docker {
             let mut args = vec!["network", "rm"];
             args.extend(&networks);
             self.call(&args).await?;
-            cleaned.networks = networks.len();
+            cleaned.networks += networks.len();
         }
-        Ok(cleaned)
+        for (tag, id) in &baseline.tags {
+            if now.tags.get(tag) != Some(id) {
+                self.call(&["tag", id, tag]).await?;
+                cleaned.tags += 1;
+            }
+        }
+        if images_too {
+            let keep: BTreeSet<&String> = baseline.tags.values().collect();
+            let extra: BTreeSet<&str> = now
+                .tags
+                .iter()
+                .filter(|(tag, id)| !keep.contains(id) && !baseline.tags.contains_key(*tag))
+                .map(|(tag, _)| tag.as_str())
+                .collect();
+            if !extra.is_empty() {
+                let mut args = vec!["image", "rm", "-f"];
+                args.extend(&extra);
+                self.call(&args).await?;
+                cleaned.images += extra.len();
+            }
+            // What no tag names any more (built, pulled by digest, the
+            // re-tagged job image): untagged and not the baseline's.
+            self.call(&["image", "prune", "-f"]).await?;
+        }
+        Ok(())
     }
 
     /// Keeps images (the cache that makes reuse worth it) up to `cap`
-    /// bytes, removing the oldest first. Returns how many went.
-    pub async fn cap_images(&self, cap: u64) -> Result<usize, String> {
+    /// bytes, removing the oldest first but never a `protected` one (the
+    /// baseline's). Returns how many went.
+    pub async fn cap_images(
+        &self,
+        cap: u64,
+        protected: &BTreeSet<String>,
+    ) -> Result<usize, String> {
         let ids = self.ids(&["image", "ls", "-q", "--no-trunc"]).await?;
         if ids.is_empty() {
             return Ok(0);
@@ -181,7 +324,7 @@ impl Docker {
         let mut over = Vec::new();
         for (id, size, _) in &images {
             total += size;
-            if total > cap {
+            if total > cap && !protected.contains(id) {
                 over.push(id.as_str());
             }
         }

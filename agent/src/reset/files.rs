@@ -135,32 +135,98 @@ pub fn clean_home(
 /// Removes what `uid` owns in each temp dir, at any depth: an entry of the
 /// user goes whole; a directory of someone else's is looked into.
 pub fn clean_temp(dirs: &[PathBuf], uid: u32) -> Result<usize, FsError> {
-    let mut removed = 0;
-    for path in dirs {
-        if let Some(mut dir) = DirFd::open(path)? {
-            removed += remove_owned(&mut dir, uid, 0)?;
-        }
-    }
-    Ok(removed)
+    owned_in(dirs, uid, true).map(|found| found.len())
 }
 
-fn remove_owned(dir: &mut DirFd, uid: u32, depth: usize) -> Result<usize, FsError> {
+/// What `uid` owns in the temp dirs (the check: none).
+pub fn temp_of(dirs: &[PathBuf], uid: u32) -> Result<Vec<PathBuf>, FsError> {
+    owned_in(dirs, uid, false)
+}
+
+fn owned_in(dirs: &[PathBuf], uid: u32, remove: bool) -> Result<Vec<PathBuf>, FsError> {
+    let mut found = Vec::new();
+    for path in dirs {
+        if let Some(mut dir) = DirFd::open(path)? {
+            owned(&mut dir, uid, 0, remove, &mut found)?;
+        }
+    }
+    Ok(found)
+}
+
+fn owned(
+    dir: &mut DirFd,
+    uid: u32,
+    depth: usize,
+    remove: bool,
+    found: &mut Vec<PathBuf>,
+) -> Result<(), FsError> {
     if depth >= MAX_DEPTH {
         return Err(FsError::TooDeep(dir.path().to_owned()));
     }
-    let mut removed = 0;
     for entry in dir.entries()? {
         if entry.stat.st_uid == uid {
-            if dir.remove(&entry.name)? > 0 {
-                removed += 1;
+            if !remove || dir.remove(&entry.name)? > 0 {
+                found.push(dir.path().join(&entry.name));
             }
         } else if entry.kind() == Kind::Dir {
             if let Some(mut sub) = dir.child(&entry.name)? {
-                removed += remove_owned(&mut sub, uid, depth + 1)?;
+                owned(&mut sub, uid, depth + 1, remove, found)?;
             }
         }
     }
-    Ok(removed)
+    Ok(())
+}
+
+/// What `relative` (`_work`, the marker dir) in `install_dir` holds beyond
+/// the `keep` paths and the directories above them (the check: nothing).
+pub fn extra_in(
+    install_dir: &Path,
+    relative: &str,
+    keep: &[PathBuf],
+) -> Result<Vec<PathBuf>, FsError> {
+    let Some(root) = DirFd::open(install_dir)? else {
+        return Ok(Vec::new());
+    };
+    match root.lookup(Path::new(relative))? {
+        Some(mut dir) => {
+            let mut extra = Vec::new();
+            beyond(&mut dir, Path::new(relative), keep, 0, &mut extra)?;
+            Ok(extra)
+        }
+        None if root.exists(Path::new(relative))? => Ok(vec![PathBuf::from(relative)]),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn beyond(
+    dir: &mut DirFd,
+    prefix: &Path,
+    keep: &[PathBuf],
+    depth: usize,
+    extra: &mut Vec<PathBuf>,
+) -> Result<(), FsError> {
+    if depth >= MAX_DEPTH {
+        return Err(FsError::TooDeep(dir.path().to_owned()));
+    }
+    for entry in dir.entries()? {
+        let name = Path::new(&entry.name);
+        if keep.iter().any(|k| k == name) {
+            continue;
+        }
+        let deeper: Vec<PathBuf> = keep
+            .iter()
+            .filter_map(|k| k.strip_prefix(name).ok())
+            .filter(|rest| !rest.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        match dir.child(&entry.name)? {
+            Some(mut sub) if !deeper.is_empty() => {
+                beyond(&mut sub, &prefix.join(name), &deeper, depth + 1, extra)?
+            }
+            _ => extra.push(prefix.join(name)),
+        }
+    }
+    Ok(())
 }
 
 /// The user's entries in `dir` (for the tests' sake: how a name is given).

@@ -110,6 +110,22 @@ pub struct Restored {
     pub restored: usize,
 }
 
+/// One walk over the home: restoring (`act`), or only looking, when every
+/// difference is noted in `differs` and nothing changes (the check).
+struct Pass {
+    act: bool,
+    done: Restored,
+    differs: Vec<PathBuf>,
+}
+
+impl Pass {
+    /// Notes `relative` as different; whether to change it.
+    fn differs(&mut self, relative: &Path) -> bool {
+        self.differs.push(relative.to_owned());
+        self.act
+    }
+}
+
 impl HomeStore {
     fn kept(&self, relative: &Path) -> bool {
         self.keep.iter().any(|k| relative.starts_with(k))
@@ -226,12 +242,41 @@ impl HomeStore {
         let Some(mut root) = DirFd::open(home)? else {
             return Err(HomeError::NoBaseline(home.to_owned()));
         };
-        let mut done = Restored::default();
+        let mut pass = Pass {
+            act: true,
+            done: Restored::default(),
+            differs: Vec::new(),
+        };
         if let Some(rec) = baseline.entries.get(Path::new("")).cloned() {
             fix_owner_mode(&root, &rec)?;
         }
-        self.restore_dir(&mut root, Path::new(""), baseline, &mut done, 0)?;
-        Ok(done)
+        self.restore_dir(&mut root, Path::new(""), baseline, &mut pass, 0)?;
+        Ok(pass.done)
+    }
+
+    /// Where `home` differs from `baseline` (outside the keep-list),
+    /// changing nothing.
+    pub fn differences(
+        &self,
+        home: &Path,
+        baseline: &mut HomeBaseline,
+    ) -> Result<Vec<PathBuf>, HomeError> {
+        let Some(mut root) = DirFd::open(home)? else {
+            return Ok(vec![home.to_owned()]);
+        };
+        let mut pass = Pass {
+            act: false,
+            done: Restored::default(),
+            differs: Vec::new(),
+        };
+        if let Some(rec) = baseline.entries.get(Path::new("")) {
+            let stat = nix::sys::stat::fstat(root.fd()).map_err(nofollow::sys(home))?;
+            if !owned_as(&stat, rec) {
+                pass.differs(Path::new(""));
+            }
+        }
+        self.restore_dir(&mut root, Path::new(""), baseline, &mut pass, 0)?;
+        Ok(pass.differs)
     }
 
     pub fn save(&self, baseline: &HomeBaseline) -> Result<(), HomeError> {
@@ -247,7 +292,7 @@ impl HomeStore {
         dir: &mut DirFd,
         prefix: &Path,
         baseline: &mut HomeBaseline,
-        done: &mut Restored,
+        pass: &mut Pass,
         depth: usize,
     ) -> Result<(), HomeError> {
         if depth >= nofollow::MAX_DEPTH {
@@ -267,11 +312,13 @@ impl HomeStore {
                 if recorded.is_none() && entry.kind() == Kind::Dir && self.holds_kept(&relative) {
                     // New, but a kept cache lives below it.
                     if let Some(mut sub) = dir.child(&entry.name)? {
-                        self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                        self.restore_dir(&mut sub, &relative, baseline, pass, depth + 1)?;
                     }
                     continue;
                 }
-                done.removed += dir.remove(&entry.name)?.min(1);
+                if pass.differs(&relative) {
+                    pass.done.removed += dir.remove(&entry.name)?.min(1);
+                }
                 continue;
             }
             present.insert(entry.name.clone());
@@ -279,22 +326,27 @@ impl HomeStore {
             match &recorded.item {
                 Item::Dir => {
                     if let Some(mut sub) = dir.child(&entry.name)? {
-                        fix_owner_mode(&sub, &recorded)?;
-                        self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                        if !owned_as(&entry.stat, &recorded) && pass.differs(&relative) {
+                            fix_owner_mode(&sub, &recorded)?;
+                        }
+                        self.restore_dir(&mut sub, &relative, baseline, pass, depth + 1)?;
                     }
                 }
                 Item::Link { target } => {
                     let now = dir.read_link(&entry.name)?;
-                    if Path::new(&now) != target || !owned_as(&entry.stat, &recorded) {
+                    let changed = Path::new(&now) != target || !owned_as(&entry.stat, &recorded);
+                    if changed && pass.differs(&relative) {
                         dir.remove(&entry.name)?;
                         self.put(dir, &entry.name, &relative, baseline)?;
-                        done.restored += 1;
+                        pass.done.restored += 1;
                     }
                 }
                 Item::File { .. } => {
-                    if Seen::of(&entry.stat) != recorded.seen || !owned_as(&entry.stat, &recorded) {
+                    let changed =
+                        Seen::of(&entry.stat) != recorded.seen || !owned_as(&entry.stat, &recorded);
+                    if changed && pass.differs(&relative) {
                         self.put(dir, &entry.name, &relative, baseline)?;
-                        done.restored += 1;
+                        pass.done.restored += 1;
                     }
                 }
             }
@@ -308,12 +360,15 @@ impl HomeStore {
             .cloned()
             .collect();
         for relative in missing {
+            if !pass.differs(&relative) {
+                continue;
+            }
             let name = relative.file_name().unwrap_or_default().to_owned();
             self.put(dir, &name, &relative, baseline)?;
-            done.restored += 1;
+            pass.done.restored += 1;
             if matches!(baseline.entries[&relative].item, Item::Dir) {
                 if let Some(mut sub) = dir.child(&name)? {
-                    self.restore_dir(&mut sub, &relative, baseline, done, depth + 1)?;
+                    self.restore_dir(&mut sub, &relative, baseline, pass, depth + 1)?;
                 }
             }
         }
@@ -513,6 +568,23 @@ mod tests {
         symlink(&outside, home.join(".config/git")).unwrap();
 
         let mut baseline = store.load().unwrap();
+        let differs = store.differences(&home, &mut baseline).unwrap();
+        for path in [
+            ".bashrc",
+            ".gitconfig",
+            ".profile",
+            ".config/systemd",
+            ".config/git",
+        ] {
+            assert!(
+                differs.contains(&PathBuf::from(path)),
+                "{path}: {differs:?}"
+            );
+        }
+        assert!(
+            !differs.iter().any(|p| p.starts_with(".cache")),
+            "{differs:?}"
+        );
         let done = store.restore(&home, &mut baseline).unwrap();
         assert!(done.removed >= 3, "{done:?}");
         assert_eq!(

@@ -6,6 +6,7 @@
 //! refuses later claims (see `machine/release.rs`).
 
 pub mod cgroup;
+mod check;
 mod docker;
 mod files;
 pub mod health;
@@ -13,7 +14,7 @@ mod home;
 mod persist;
 mod procs;
 
-use crate::config::{DockerMode, ResetSettings, Settings};
+use crate::config::{DockerMode, ImageMode, ResetSettings, Settings};
 use crate::runner::user::RunnerUser;
 use cgroup::RunnerCgroup;
 use docker::{Docker, Inventory};
@@ -24,6 +25,8 @@ use std::sync::Arc;
 
 const BASELINE_FILE: &str = "baseline.json";
 const HOME_BASELINE_DIR: &str = "home-baseline";
+/// The verified install, written down (`runner/manifest.rs`).
+pub const INSTALL_MANIFEST: &str = "install-manifest.json";
 
 /// What the instance held before its first run, kept across restarts:
 /// this is not cleaned away.
@@ -44,6 +47,9 @@ pub struct Resetter {
     home: Option<PathBuf>,
     /// With a dedicated user, the home is restored whole to its baseline.
     home_store: Option<home::HomeStore>,
+    manifest_path: PathBuf,
+    /// The last clean-slate check, for the state file and the heartbeat.
+    last_check: std::sync::Mutex<Option<crate::state::CheckRecord>>,
     cgroup: Option<Arc<RunnerCgroup>>,
     docker: Docker,
     stop_timeout: std::time::Duration,
@@ -71,6 +77,8 @@ impl Resetter {
         });
         Resetter {
             home_store,
+            manifest_path: settings.state_dir.join(INSTALL_MANIFEST),
+            last_check: Default::default(),
             docker: Docker {
                 cli: reset.docker_cli.clone(),
                 host: reset.docker_host.clone(),
@@ -170,12 +178,61 @@ impl Resetter {
             .map_err(|_| format!("the reset did not finish within {timeout:?}"))?
     }
 
+    pub fn last_check(&self) -> Option<crate::state::CheckRecord> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     async fn steps(&self) -> Result<String, String> {
+        let started = std::time::Instant::now();
         let baseline = self.load_baseline().unwrap_or_default();
         let mut done = vec![self.processes().await?];
-        if let Some(inventory) = self.docker_in_use(&baseline).await? {
-            done.push(self.docker_steps(&inventory).await?);
+        let docker = self.docker_in_use(&baseline).await?;
+        if let Some(inventory) = &docker {
+            done.push(self.docker_steps(inventory).await?);
         }
+        done.push(self.files(&baseline)?);
+        if let Some(user) = &self.user {
+            // A link the job put where `_work` or `_diag` belongs was
+            // removed above; the runner needs the directories back.
+            crate::runner::layout::user_dirs(&self.install_dir, user)
+                .map_err(|e| format!("restoring the runner user's directories: {e}"))?;
+            let cleared = persist::clear(user, &persist::Places::default())
+                .map_err(|e| format!("removing the runner user's scheduled jobs: {e}"))?;
+            done.push(format!("{cleared} removed"));
+            // Whatever cron or at started since the first sweep.
+            procs::kill_user(user.uid)
+                .await
+                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
+        }
+        let checked = std::time::Instant::now();
+        let verdict = self.check(docker.as_ref()).await;
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(crate::state::CheckRecord {
+                passed: verdict.is_ok(),
+                at: crate::protocol::now_timestamp(),
+                millis: started.elapsed().as_millis() as u64,
+                failed: verdict
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {}", e.invariant, e.detail)),
+            });
+        verdict.map_err(|e| e.to_string())?;
+        let room = health::room(&self.runner_volume())?;
+        done.push(format!(
+            "checked clean in {} ms; {} and {} inodes free",
+            checked.elapsed().as_millis(),
+            bytesize::ByteSize::b(room.free_bytes),
+            room.free_inodes
+        ));
+        Ok(done.join("; "))
+    }
+
+    /// The run's files: `_work` (but for what is kept), the hooks' marker
+    /// dir, `_diag` rotated, the home, the user's temp files.
+    fn files(&self, baseline: &Baseline) -> Result<String, String> {
         let s = &self.settings;
         let work = files::empty(&self.install_dir, "_work", &s.keep_work)
             .map_err(|e| format!("emptying _work: {e}"))?;
@@ -193,48 +250,33 @@ impl Resetter {
                     Ok(done)
                 };
                 let done = restore().map_err(|e| format!("restoring the runner's home: {e}"))?;
-                done.removed + done.restored
+                format!("home: {} removed, {} put back", done.removed, done.restored)
             }
-            (Some(home), None) => files::clean_home(home, &s.home_paths, &baseline.ssh)
-                .map_err(|e| format!("cleaning the runner's home: {e}"))?,
-            (None, _) => 0,
+            (Some(home), None) => {
+                let n = files::clean_home(home, &s.home_paths, &baseline.ssh)
+                    .map_err(|e| format!("cleaning the runner's home: {e}"))?;
+                format!("{n} home paths removed")
+            }
+            (None, _) => "no home".to_owned(),
         };
         let temp = match &self.user {
             Some(user) => files::clean_temp(&s.temp_dirs, user.uid.as_raw())
                 .map_err(|e| format!("removing the runner user's temp files: {e}"))?,
             None => 0,
         };
-        done.push(format!(
-            "{work} work entries, {diag} diag logs, {home} home entries, {temp} temp files removed or restored"
-        ));
-        if let Some(user) = &self.user {
-            // A link the job put where `_work` or `_diag` belongs was
-            // removed above; the runner needs the directories back.
-            crate::runner::layout::user_dirs(&self.install_dir, user)
-                .map_err(|e| format!("restoring the runner user's directories: {e}"))?;
-            let cleared = persist::clear(user, &persist::Places::default())
-                .map_err(|e| format!("removing the runner user's scheduled jobs: {e}"))?;
-            done.push(cleared.to_string());
-            // Whatever cron or at started since the first sweep.
-            procs::kill_user(user.uid)
-                .await
-                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
-        }
-        // Jobs write under _work, which may be a volume of its own.
+        Ok(format!(
+            "{work} work entries, {diag} diag logs, {temp} temp files removed; {home}"
+        ))
+    }
+
+    /// Jobs write under `_work`, which may be a volume of its own.
+    fn runner_volume(&self) -> PathBuf {
         let work = self.install_dir.join("_work");
-        let volume = if work.is_dir() {
+        if work.is_dir() {
             work
         } else {
             self.install_dir.clone()
-        };
-        let room = health::room(&volume)?;
-        health::verdict(room, s.min_free_space, s.min_free_inodes)?;
-        done.push(format!(
-            "{} and {} inodes free",
-            bytesize::ByteSize::b(room.free_bytes),
-            room.free_inodes
-        ));
-        Ok(done.join("; "))
+        }
     }
 
     /// Every process of the run: the cgroup, else the process groups that
@@ -283,21 +325,27 @@ impl Resetter {
     }
 
     async fn docker_steps(&self, baseline: &Inventory) -> Result<String, String> {
-        let cleaned = self.docker.clean(baseline).await?;
+        let images_too = self.settings.images == ImageMode::Baseline;
+        let cleaned = self.docker.clean(baseline, images_too).await?;
         // The caches: over their caps they shrink; a failure to shrink is
         // no reason to fail the instance (the health check guards space).
-        let images = match self.docker.cap_images(self.settings.image_cache_max).await {
+        let protected = baseline.tags.values().cloned().collect();
+        let cap = self.settings.image_cache_max;
+        let images = match self.docker.cap_images(cap, &protected).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "capping the image cache");
                 0
             }
         };
-        if let Err(e) = self
-            .docker
-            .cap_build_cache(self.settings.build_cache_max)
-            .await
-        {
+        // With images = "baseline" the build cache goes too: it is how a
+        // job's layers would come back into the next build.
+        let build_cache = if images_too {
+            0
+        } else {
+            self.settings.build_cache_max
+        };
+        if let Err(e) = self.docker.cap_build_cache(build_cache).await {
             tracing::warn!(error = %e, "pruning the build cache");
         }
         // Health: the daemon still answers for the next run.
@@ -306,8 +354,17 @@ impl Resetter {
             .await
             .map_err(|e| format!("docker stopped answering after the clean-up: {e}"))?;
         Ok(format!(
-            "docker: {} containers, {} volumes, {} networks, {images} images removed",
-            cleaned.containers, cleaned.volumes, cleaned.networks
+            "docker: {} containers, {} volumes, {} networks, {} images removed, {} tags restored{} in {} rounds",
+            cleaned.containers,
+            cleaned.volumes,
+            cleaned.networks,
+            cleaned.images + images,
+            cleaned.tags,
+            if cleaned.swarm_left { ", swarm left" } else { "" },
+            cleaned.rounds
         ))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -69,6 +69,12 @@ pub struct Cleared {
     pub ipc: usize,
 }
 
+impl Cleared {
+    pub fn is_empty(&self) -> bool {
+        *self == Cleared::default()
+    }
+}
+
 impl std::fmt::Display for Cleared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -85,7 +91,23 @@ impl std::fmt::Display for Cleared {
 /// Removes every crontab, `at` job, linger flag and SysV IPC object of
 /// `user`.
 pub fn clear(user: &RunnerUser, places: &Places) -> Result<Cleared, PersistError> {
+    sweep(user, places, true)
+}
+
+/// What of those `user` has now (the check: nothing), changing nothing.
+pub fn find(user: &RunnerUser, places: &Places) -> Result<Cleared, PersistError> {
+    sweep(user, places, false)
+}
+
+fn sweep(user: &RunnerUser, places: &Places, remove: bool) -> Result<Cleared, PersistError> {
     let name = OsStr::new(&user.name);
+    let gone = |dir: &DirFd, name: &OsStr| -> Result<bool, FsError> {
+        Ok(if remove {
+            dir.remove(name)? > 0
+        } else {
+            dir.stat(name)?.is_some()
+        })
+    };
     let mut cleared = Cleared::default();
     for dir in CRONTAB_DIRS {
         if let Some(dir) = DirFd::open(&places.at(dir))? {
@@ -94,7 +116,7 @@ pub fn clear(user: &RunnerUser, places: &Places) -> Result<Cleared, PersistError
             let is_file = dir
                 .stat(name)?
                 .is_some_and(|s| crate::nofollow::kind_of(&s) == Kind::Other);
-            if is_file && dir.remove(name)? > 0 {
+            if is_file && gone(&dir, name)? {
                 cleared.crontabs += 1;
             }
         }
@@ -104,7 +126,7 @@ pub fn clear(user: &RunnerUser, places: &Places) -> Result<Cleared, PersistError
             for entry in dir.entries()? {
                 if entry.stat.st_uid == user.uid.as_raw()
                     && entry.kind() == Kind::Other
-                    && dir.remove(&entry.name)? > 0
+                    && gone(&dir, &entry.name)?
                 {
                     cleared.at_jobs += 1;
                 }
@@ -112,16 +134,16 @@ pub fn clear(user: &RunnerUser, places: &Places) -> Result<Cleared, PersistError
         }
     }
     if let Some(dir) = DirFd::open(&places.at(LINGER_DIR))? {
-        cleared.linger = dir.remove(name)? > 0;
+        cleared.linger = gone(&dir, name)?;
     }
-    cleared.ipc = clear_ipc(user.uid.as_raw(), &places.sysvipc)?;
+    cleared.ipc = ipc(user.uid.as_raw(), &places.sysvipc, remove)?;
     Ok(cleared)
 }
 
 /// SysV shared memory, semaphores and message queues the user owns or
 /// created, from `/proc/sysvipc/{shm,sem,msg}` (columns found by their
 /// header, which differs per kind), removed with util-linux's `ipcrm`.
-fn clear_ipc(uid: u32, sysvipc: &Path) -> Result<usize, PersistError> {
+fn ipc(uid: u32, sysvipc: &Path, remove: bool) -> Result<usize, PersistError> {
     let mut args = Vec::new();
     for (file, id_column, flag) in [
         ("shm", "shmid", "-m"),
@@ -140,8 +162,8 @@ fn clear_ipc(uid: u32, sysvipc: &Path) -> Result<usize, PersistError> {
             args.push(id);
         }
     }
-    if args.is_empty() {
-        return Ok(0);
+    if args.is_empty() || !remove {
+        return Ok(args.len() / 2);
     }
     let out = std::process::Command::new("ipcrm")
         .args(&args)
@@ -260,7 +282,10 @@ mod tests {
             root: r.to_owned(),
             sysvipc: r.join("no-sysvipc"),
         };
+        let found = find(&user(me), &places).unwrap();
         let cleared = clear(&user(me), &places).unwrap();
+        assert_eq!(found, cleared, "looking finds what clearing removes");
+        assert!(find(&user(me), &places).unwrap().is_empty());
         assert_eq!(
             cleared,
             Cleared {

@@ -6,6 +6,7 @@ pub mod exit;
 pub mod install;
 pub mod installed;
 pub mod layout;
+pub mod manifest;
 pub mod pid;
 mod process;
 pub mod release;
@@ -76,6 +77,8 @@ pub enum RunnerError {
         what: &'static str,
         timeout: Duration,
     },
+    #[error("the runner's cgroup cannot be joined: {0}; set reset.allow_weaker = true to run it outside")]
+    Cgroup(crate::reset::cgroup::CgroupError),
     #[error("giving the registration to root: {0}")]
     Layout(crate::nofollow::FsError),
     #[error("writing job hooks in {path}: {source}")]
@@ -96,6 +99,8 @@ pub struct RunnerControl {
     /// Where every process the runner starts is born, when the host has
     /// cgroups the agent can use.
     cgroup: Option<Arc<RunnerCgroup>>,
+    /// `reset.allow_weaker`: a cgroup that cannot be joined is only logged.
+    allow_weaker: bool,
     /// What jobs find in their environment, as under the control plane's
     /// bash agent: INSTANCE_ID, TABLE_NAME, GH_OWNER, GH_REPO.
     job_env: Vec<(&'static str, String)>,
@@ -119,6 +124,7 @@ impl RunnerControl {
     ) -> RunnerControl {
         RunnerControl {
             cgroup,
+            allow_weaker: settings.reset.allow_weaker,
             job_env: vec![
                 ("INSTANCE_ID", instance_id.to_owned()),
                 ("TABLE_NAME", settings.table.clone()),
@@ -208,15 +214,18 @@ impl RunnerControl {
     /// `config.sh` (register, remove): as root when the runner has a user
     /// of its own, so that it runs the verified root-owned install and
     /// writes files the user cannot change.
-    fn config_command(&self) -> Command {
-        let mut command = self.command("config.sh", None);
+    fn config_command(&self) -> Result<Command, RunnerError> {
+        let mut command = self.command("config.sh", None)?;
         if self.user.is_some() {
             command.env("RUNNER_ALLOW_RUNASROOT", "1");
         }
-        command
+        Ok(command)
     }
 
-    fn command(&self, script: &str, user: Option<&RunnerUser>) -> Command {
+    /// A runner command, born into the runner's cgroup. A cgroup that
+    /// cannot be joined fails the command (a process outside it would
+    /// survive the reset), unless `reset.allow_weaker` says otherwise.
+    fn command(&self, script: &str, user: Option<&RunnerUser>) -> Result<Command, RunnerError> {
         let mut command = Command::new(self.dir.join(script));
         command
             .current_dir(&self.dir)
@@ -228,14 +237,17 @@ impl RunnerControl {
         if self.user.is_none() && self.allow_root && user::running_as_root() {
             command.env("RUNNER_ALLOW_RUNASROOT", "1");
         }
-        let procs = self.cgroup.as_ref().and_then(|cgroup| {
-            cgroup
-                .procs_file()
-                .map_err(|e| tracing::error!(error = %e, "the runner starts outside its cgroup"))
-                .ok()
-        });
+        let procs = match self.cgroup.as_ref().map(|cgroup| cgroup.procs_file()) {
+            None => None,
+            Some(Ok(procs)) => Some(procs),
+            Some(Err(e)) if self.allow_weaker => {
+                tracing::error!(error = %e, "the runner starts outside its cgroup (reset.allow_weaker)");
+                None
+            }
+            Some(Err(e)) => return Err(RunnerError::Cgroup(e)),
+        };
         user::confine(command.as_std_mut(), user, procs);
-        command
+        Ok(command)
     }
 
     fn spawn(&self, mut command: Command, script: &'static str) -> Result<Child, RunnerError> {
@@ -283,7 +295,7 @@ impl RunnerControl {
             labels.push(',');
             labels.push_str(extra);
         }
-        let mut command = self.config_command();
+        let mut command = self.config_command()?;
         command
             .args([
                 "--url",
@@ -327,11 +339,14 @@ impl RunnerControl {
     /// plane's 120 s); the script's process group dies with its timeout.
     pub async fn remove(&self, token: Option<&str>) -> Result<RemoveOutcome, RunnerError> {
         if let Some(token) = token {
-            let mut command = self.config_command();
-            command
-                .args(["remove", "--unattended"])
-                .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
-            let server = self.run_to_end(command, "config.sh", "config.sh remove");
+            let server = async {
+                let mut command = self.config_command()?;
+                command
+                    .args(["remove", "--unattended"])
+                    .env("ACTIONS_RUNNER_INPUT_TOKEN", token);
+                self.run_to_end(command, "config.sh", "config.sh remove")
+                    .await
+            };
             match tokio::time::timeout(REMOVE_TIMEOUT, server).await {
                 Ok(Ok(())) if !self.is_configured() => return Ok(RemoveOutcome::Server),
                 Ok(Ok(())) => {}
@@ -344,9 +359,12 @@ impl RunnerControl {
                 ),
             }
         }
-        let mut command = self.config_command();
-        command.args(["remove", "--local"]);
-        let local = self.run_to_end(command, "config.sh", "config.sh remove --local");
+        let local = async {
+            let mut command = self.config_command()?;
+            command.args(["remove", "--local"]);
+            self.run_to_end(command, "config.sh", "config.sh remove --local")
+                .await
+        };
         let local = match tokio::time::timeout(LOCAL_REMOVE_TIMEOUT, local).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no exit within {LOCAL_REMOVE_TIMEOUT:?}")),
@@ -370,7 +388,7 @@ impl RunnerControl {
     pub fn start(&self) -> Result<RunningRunner, RunnerError> {
         self.clear_job_marker();
         let listener = "bin/Runner.Listener";
-        let mut command = self.command(listener, self.user.as_ref());
+        let mut command = self.command(listener, self.user.as_ref())?;
         let hooks = self.hook_dir();
         command.arg("run");
         command.envs(self.job_env.iter().map(|(k, v)| (k, v)));

@@ -28,6 +28,27 @@ pub struct LastSignal {
     pub at: String,
 }
 
+/// The last clean-slate check (the reset's final step): whether every
+/// invariant held, when, how long the reset and check took, and the
+/// invariant that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub passed: bool,
+    pub at: String,
+    pub millis: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl std::fmt::Display for CheckRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.failed {
+            None => write!(f, "pass at {} in {} ms", self.at, self.millis),
+            Some(why) => write!(f, "fail at {}: {why}", self.at),
+        }
+    }
+}
+
 /// Everything the agent persists. Read and written through [`StoredState`],
 /// which also carries the fields earlier agents wrote (`phase` as a string,
 /// `registration`), so that an upgrade of a registered instance resumes and
@@ -45,6 +66,7 @@ pub struct AgentState {
     /// Why the instance is not clean: a reset failed, so claims are
     /// refused (with `UD_REG_FAILED`) until the instance is replaced.
     pub unclean: Option<String>,
+    pub last_check: Option<CheckRecord>,
 }
 
 impl AgentState {
@@ -78,6 +100,8 @@ struct StoredState {
     pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unclean: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_check: Option<CheckRecord>,
 }
 
 impl From<StoredState> for AgentState {
@@ -95,6 +119,7 @@ impl From<StoredState> for AgentState {
             last_signal: s.last_signal,
             pid: s.pid,
             unclean: s.unclean,
+            last_check: s.last_check,
         }
     }
 }
@@ -112,6 +137,7 @@ impl From<AgentState> for StoredState {
             last_signal: a.last_signal,
             pid: a.pid,
             unclean: a.unclean,
+            last_check: a.last_check,
         }
     }
 }

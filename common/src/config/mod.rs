@@ -19,7 +19,10 @@ mod tests;
 
 pub use duration::parse_duration;
 pub use metrics::MetricsSettings;
-pub use reset::{parse_size, DockerMode, HardeningSettings, ResetSettings, DEFAULT_HOME_PATHS};
+pub use reset::{
+    parse_size, DockerMode, HardeningSettings, ImageMode, ResetSettings, DEFAULT_HOME_PATHS,
+    DEFAULT_TEMP_DIRS,
+};
 pub use validate::{is_table_name, parse_runner_version};
 
 use serde::Deserialize;

@@ -40,7 +40,9 @@ pub(super) struct RawReset {
     pub home_max: Option<String>,
     pub temp_dirs: Option<Vec<PathBuf>>,
     pub deny_cron: Option<bool>,
+    pub allow_weaker: Option<bool>,
     pub docker: Option<String>,
+    pub images: Option<String>,
     pub docker_cli: Option<PathBuf>,
     pub docker_host: Option<String>,
     pub image_cache_max: Option<String>,
@@ -69,6 +71,19 @@ pub enum DockerMode {
     Off,
 }
 
+/// What the reset does with docker images a run pulled, built or tagged.
+/// Either way, a tag the baseline had is pointed back at its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageMode {
+    /// Kept as a cache (up to `image_cache_max`): faster runs, but a later
+    /// job that runs an image by a tag without pulling can get one a
+    /// hostile job built under that tag. The default, but in hardened mode.
+    Keep,
+    /// Removed: every run sees the images the instance was prepared with.
+    /// The default in hardened mode.
+    Baseline,
+}
+
 #[derive(Debug, Clone)]
 pub struct ResetSettings {
     pub enabled: bool,
@@ -94,7 +109,12 @@ pub struct ResetSettings {
     /// The runner user goes into /etc/cron.deny and /etc/at.deny (its
     /// crontab and at jobs are removed after every run either way).
     pub deny_cron: bool,
+    /// Serve even where the reset cannot promise a clean slate: no cgroup
+    /// for the runner, or hardening without a reset. Off: the agent
+    /// refuses (a config error, or `UD_REG_FAILED` with the reason).
+    pub allow_weaker: bool,
     pub docker: DockerMode,
+    pub images: ImageMode,
     pub docker_cli: PathBuf,
     /// `--host` for the CLI; `None`: its own default (DOCKER_HOST, context).
     pub docker_host: Option<String>,
@@ -114,7 +134,13 @@ pub struct HardeningSettings {
     pub metadata_addresses: Vec<std::net::IpAddr>,
 }
 
-pub(super) fn validate_reset(path: &Path, raw: RawReset) -> Result<ResetSettings, ConfigError> {
+/// `hardened`: what is kept between runs (the tool cache, docker images)
+/// defaults to nothing, since a hostile job can poison it for the next.
+pub(super) fn validate_reset(
+    path: &Path,
+    raw: RawReset,
+    hardened: bool,
+) -> Result<ResetSettings, ConfigError> {
     let invalid = |key: &str, reason: String| ConfigError::Invalid {
         path: path.to_owned(),
         key: format!("reset.{key}"),
@@ -149,6 +175,17 @@ pub(super) fn validate_reset(path: &Path, raw: RawReset) -> Result<ResetSettings
             ));
         }
     }
+    let images = match raw.images.as_deref() {
+        None if hardened => ImageMode::Baseline,
+        None | Some("keep") => ImageMode::Keep,
+        Some("baseline") => ImageMode::Baseline,
+        Some(other) => {
+            return Err(invalid(
+                "images",
+                format!("{other:?}: one of keep, baseline"),
+            ))
+        }
+    };
     let timeout = match &raw.timeout {
         None => Duration::from_secs(120),
         Some(text) => parse_duration(text).map_err(|reason| invalid("timeout", reason))?,
@@ -160,7 +197,10 @@ pub(super) fn validate_reset(path: &Path, raw: RawReset) -> Result<ResetSettings
         enabled: raw.enabled.unwrap_or(true),
         keep_work: relative(
             "keep_work",
-            raw.keep_work.unwrap_or_else(|| vec!["_tool".into()]),
+            raw.keep_work.unwrap_or_else(|| match hardened {
+                true => Vec::new(),
+                false => vec!["_tool".into()],
+            }),
         )?,
         diag_keep: raw.diag_keep.unwrap_or(20),
         diag_max_size: size("diag_max_size", &raw.diag_max_size, 100 << 20)?,
@@ -176,7 +216,9 @@ pub(super) fn validate_reset(path: &Path, raw: RawReset) -> Result<ResetSettings
             .temp_dirs
             .unwrap_or_else(|| DEFAULT_TEMP_DIRS.iter().map(PathBuf::from).collect()),
         deny_cron: raw.deny_cron.unwrap_or(false),
+        allow_weaker: raw.allow_weaker.unwrap_or(false),
         docker,
+        images,
         docker_cli: raw.docker_cli.unwrap_or_else(|| "docker".into()),
         docker_host: raw.docker_host,
         image_cache_max: size("image_cache_max", &raw.image_cache_max, 20 << 30)?,

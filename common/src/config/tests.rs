@@ -363,3 +363,42 @@ fn metrics_are_off_by_default_and_their_keys_checked() {
         assert!(err.contains(&key), "{bad}: {err}");
     }
 }
+
+/// Hardened jobs on an instance that is never cleaned: refused unless the
+/// operator says, in so many words, that a weaker promise will do.
+#[test]
+fn hardening_without_the_reset_needs_allow_weaker() {
+    let base = format!(
+        "{MINIMAL}user = \"runner\"\n[hardening]\nenabled = true\n[reset]\nenabled = false\n"
+    );
+    let err = load(&base, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("key `hardening.enabled`") && err.contains("allow_weaker"),
+        "{err}"
+    );
+    let s = load(&format!("{base}allow_weaker = true\n"), &[]).unwrap();
+    assert!(s.reset.allow_weaker && !s.reset.enabled);
+    assert!(!load(MINIMAL, &[]).unwrap().reset.allow_weaker);
+}
+
+/// Hardened, nothing is kept between runs unless the operator lists it:
+/// neither the tool cache nor images a job pulled, built or re-tagged.
+#[test]
+fn hardened_mode_keeps_nothing_by_default() {
+    use super::ImageMode;
+    let s = load(MINIMAL, &[]).unwrap();
+    assert_eq!(s.reset.keep_work, [std::path::PathBuf::from("_tool")]);
+    assert_eq!(s.reset.images, ImageMode::Keep);
+    let hardened = format!("{MINIMAL}user = \"runner\"\n[hardening]\nenabled = true\n");
+    let s = load(&hardened, &[]).unwrap();
+    assert!(s.reset.keep_work.is_empty());
+    assert_eq!(s.reset.images, ImageMode::Baseline);
+    let listed = format!("{hardened}[reset]\nkeep_work = [\"_tool\"]\nimages = \"keep\"\n");
+    let s = load(&listed, &[]).unwrap();
+    assert_eq!(s.reset.keep_work.len(), 1);
+    assert_eq!(s.reset.images, ImageMode::Keep);
+    let err = load(&format!("{MINIMAL}[reset]\nimages = \"all\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reset.images"), "{err}");
+}

@@ -196,14 +196,22 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         ));
     }
 
-    let reset = super::reset::validate_reset(path, raw.reset)?;
     let hardening = super::reset::validate_hardening(path, raw.hardening)?;
+    let reset = super::reset::validate_reset(path, raw.reset, hardening.enabled)?;
     if hardening.enabled {
         // Jobs as root (or as the agent) can remove any firewall rule.
         if matches!(runner.user.as_deref(), None | Some("root")) {
             return Err(invalid(
                 "hardening.enabled",
                 "needs runner.user: a dedicated user other than root for the jobs".into(),
+            ));
+        }
+        // A hardened instance that is never cleaned hands each job what the
+        // last one left.
+        if !reset.enabled && !reset.allow_weaker {
+            return Err(invalid(
+                "hardening.enabled",
+                "needs the reset (reset.enabled); set reset.allow_weaker = true to run hardened jobs on an instance that is not cleaned between them".into(),
             ));
         }
         if hardening.metadata_addresses.is_empty() {
