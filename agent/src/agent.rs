@@ -304,7 +304,16 @@ fn runner_cgroup(
     if !settings.reset.enabled {
         return (None, None);
     }
-    match RunnerCgroup::create(&format!("runner-agent-{instance_id}")) {
+    let reset = &settings.reset;
+    let limits = crate::reset::cgroup::Limits {
+        pids: (reset.runner_pids_max > 0).then_some(reset.runner_pids_max),
+        memory: match reset.runner_memory_max {
+            None => crate::reset::cgroup::default_memory_max(),
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+        },
+    };
+    match RunnerCgroup::create(&format!("runner-agent-{instance_id}"), limits) {
         Ok(cgroup) => {
             tracing::info!(mechanism = %cgroup.describe(), "runner processes tracked by cgroup");
             (Some(Arc::new(cgroup)), None)

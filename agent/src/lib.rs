@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod expiry;
 pub mod hardening;
 pub mod heartbeat;

@@ -404,3 +404,87 @@ echo steps done
         agent.log_text()
     );
 }
+
+/// A bounded fork bomb and a job allocating past the memory limit, with
+/// the runner's cgroup limited to 200 processes and 64 MiB: the agent
+/// keeps its heartbeat (no gap over 10 s, where the control plane's limit
+/// is 15 s), the release is signalled, the next claim registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_and_a_memory_hog_do_not_starve_the_agent() {
+    if !root_only() {
+        return;
+    }
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = stack.spawn_agent(&AgentSpec {
+        reset: vec![
+            "runner_pids_max = 200".into(),
+            "runner_memory_max = \"64MiB\"".into(),
+        ],
+        ..Default::default()
+    });
+    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    assert!(
+        agent.log_text().contains("pids 200, memory 67108864"),
+        "limits not applied:\n{}",
+        agent.log_text()
+    );
+    // At most 15 s of forking (bash retries a refused fork), 400 sleepers
+    // at most; then 128 MiB in one subshell, which the cgroup's OOM killer
+    // ends.
+    let job = r#"set +e
+timeout -s KILL 15 bash -c 'for i in $(seq 1 400); do sleep 60 & done; wait' 2>/dev/null
+echo "forked: $?"
+( x=$(head -c 134217728 /dev/zero | tr '\0' x); echo "allocated ${#x}" )
+echo "hog: $?"
+echo steps done
+"#;
+    stack.queue_steps(INITIAL_RUN_ID, job);
+    let id = stack.instance_id.clone();
+    // The heartbeat while the job runs.
+    let mut beats = Vec::new();
+    let started = std::time::Instant::now();
+    while !stack.steps_log(INITIAL_RUN_ID).contains("steps done") {
+        assert!(
+            started.elapsed() < SIGNAL_WAIT,
+            "the job did not finish: {}",
+            stack.steps_log(INITIAL_RUN_ID)
+        );
+        if let Some(beat) = stack.cp.heartbeat(&id).await {
+            if let Some(aws_sdk_dynamodb::types::AttributeValue::S(at)) = beat.get("updatedAt") {
+                if beats.last() != Some(at) {
+                    beats.push(at.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let steps = stack.steps_log(INITIAL_RUN_ID);
+    assert!(
+        !steps.contains("allocated 134217728"),
+        "the hog was not stopped: {steps}"
+    );
+    let times: Vec<time::OffsetDateTime> = beats
+        .iter()
+        .map(|b| {
+            time::OffsetDateTime::parse(b, &time::format_description::well_known::Rfc3339).unwrap()
+        })
+        .collect();
+    assert!(times.len() >= 2, "heartbeats seen: {beats:?}");
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap <= time::Duration::seconds(10),
+            "heartbeat gap {gap}: {beats:?}"
+        );
+    }
+    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
+    expect(
+        &stack,
+        &agent,
+        "UD_REMOVE_REG_REMOVE_RUN_OK",
+        INITIAL_RUN_ID,
+    )
+    .await;
+    stack.cp.claim(&id, "9000-1").await;
+    expect(&stack, &agent, "UD_REG_OK", "9000-1").await;
+}

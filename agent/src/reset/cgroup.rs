@@ -7,8 +7,18 @@
 //! v1 as systemd's "hybrid" layout) the group is made there: `cgroup.kill`
 //! (Linux 5.14) kills it atomically, `cgroup.freeze` stops it first on older
 //! kernels. Where only v1 exists, the freezer hierarchy: freeze, kill every
-//! member, thaw. Controllers are never enabled, so the group is allowed
-//! beside the agent's own processes, and no limit applies to the runner.
+//! member, thaw.
+//!
+//! Limits (`Limits`: a pids and a memory ceiling) keep a fork bomb or a
+//! leak in a job from starving the agent's heartbeat and reset. Where the
+//! unified hierarchy has the `pids` and `memory` controllers (cgroup v2
+//! alone), the agent moves itself into a leaf `agent` of its own cgroup
+//! (the unit's `Delegate=yes` allows it) and enables them for the runner's
+//! group beside it: a cgroup with processes cannot enable controllers for
+//! its children. Where they are v1 hierarchies (v1 alone, or systemd's
+//! hybrid layout), the runner joins a group of the same name in each, and
+//! the limit is set there. A limit that cannot be set is logged, and the
+//! runner runs without it.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -27,10 +37,21 @@ enum Kind {
     V1Freezer,
 }
 
+/// Ceilings for everything the runner starts; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub pids: Option<u64>,
+    pub memory: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct RunnerCgroup {
     kind: Kind,
     dir: PathBuf,
+    /// v1 `pids` / `memory` groups the runner joins too, for their limits.
+    limit_groups: Vec<PathBuf>,
+    /// What was applied, for the log.
+    limits: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +62,8 @@ pub enum CgroupError {
     Proc(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("no {0} controller the agent can use")]
+    NoController(&'static str),
     #[error("{count} processes still in {path} after {KILL_WAIT:?}")]
     Survivors { path: PathBuf, count: usize },
 }
@@ -55,13 +78,17 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
 impl RunnerCgroup {
     /// Makes (or finds, after a restart) the group `name` beside the
     /// agent's own cgroup, in the best hierarchy the host has.
-    pub fn create(name: &str) -> Result<RunnerCgroup, CgroupError> {
-        Self::create_in(name, true)
+    pub fn create(name: &str, limits: Limits) -> Result<RunnerCgroup, CgroupError> {
+        Self::create_in(name, true, limits)
     }
 
     /// `v2_allowed: false` skips the unified hierarchy (the tests cover the
     /// v1 freezer on hosts that have both).
-    fn create_in(name: &str, v2_allowed: bool) -> Result<RunnerCgroup, CgroupError> {
+    fn create_in(
+        name: &str,
+        v2_allowed: bool,
+        limits: Limits,
+    ) -> Result<RunnerCgroup, CgroupError> {
         let me =
             procfs::process::Process::myself().map_err(|e| CgroupError::Proc(e.to_string()))?;
         let mounts = me
@@ -104,12 +131,52 @@ impl RunnerCgroup {
             return Err(CgroupError::NoHierarchy);
         };
         let dir = parent.join(name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&dir)(e)),
+        make_dir(&dir)?;
+        let mut cgroup = RunnerCgroup {
+            kind,
+            dir,
+            limit_groups: Vec::new(),
+            limits: String::new(),
+        };
+        let mut applied = Vec::new();
+        for (controller, value) in [("pids", limits.pids), ("memory", limits.memory)] {
+            let Some(value) = value else { continue };
+            let result = if kind == Kind::V2 && controllers(&parent).contains(controller) {
+                enable_v2(&parent, &cgroup.dir, controller, value)
+            } else {
+                let v1 = place("cgroup", &|m| m.super_options.contains_key(controller), {
+                    groups
+                        .iter()
+                        .find(|g| g.controllers.iter().any(|c| c == controller))
+                        .map(|g| g.pathname.as_str())
+                });
+                match v1 {
+                    Some(v1_parent) => {
+                        let group = v1_parent.join(name);
+                        let file = match controller {
+                            "pids" => "pids.max",
+                            _ => "memory.limit_in_bytes",
+                        };
+                        make_dir(&group)
+                            .and_then(|()| write(&group.join(file), &value.to_string()))
+                            .map(|()| cgroup.limit_groups.push(group))
+                    }
+                    None => Err(CgroupError::NoController(controller)),
+                }
+            };
+            match result {
+                Ok(()) => applied.push(format!("{controller} {value}")),
+                Err(e) => {
+                    tracing::error!(error = %e, controller, "the runner runs without this limit");
+                }
+            }
         }
-        Ok(RunnerCgroup { kind, dir })
+        cgroup.limits = if applied.is_empty() {
+            "no limits".to_owned()
+        } else {
+            applied.join(", ")
+        };
+        Ok(cgroup)
     }
 
     /// For the log: which mechanism tracks the runner, and where.
@@ -118,18 +185,24 @@ impl RunnerCgroup {
             Kind::V2 => "cgroup v2",
             Kind::V1Freezer => "cgroup v1 (freezer)",
         };
-        format!("{kind} at {}", self.dir.display())
+        format!("{kind} at {} ({})", self.dir.display(), self.limits)
     }
 
-    /// `cgroup.procs`, open for a child to write "0" into between fork and
-    /// exec: it then starts its life inside the group, with no window in
-    /// which it could fork outside.
-    pub fn procs_file(&self) -> Result<File, CgroupError> {
-        let path = self.dir.join("cgroup.procs");
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))
+    /// The `cgroup.procs` files (the group's, and those of its v1 limit
+    /// groups), open for a child to write "0" into between fork and exec:
+    /// it then starts its life inside the groups, with no window in which
+    /// it could fork outside.
+    pub fn procs_files(&self) -> Result<Vec<File>, CgroupError> {
+        std::iter::once(&self.dir)
+            .chain(&self.limit_groups)
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))
+            })
+            .collect()
     }
 
     pub fn members(&self) -> Result<Vec<i32>, CgroupError> {
@@ -193,16 +266,59 @@ impl RunnerCgroup {
         }
     }
 
-    /// Removes the (empty) group when the agent stops.
+    /// Removes the (empty) groups when the agent stops.
     pub fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            tracing::debug!(error = %e, dir = %self.dir.display(), "runner cgroup left in place");
+        for dir in std::iter::once(&self.dir).chain(&self.limit_groups) {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                tracing::debug!(error = %e, dir = %dir.display(), "runner cgroup left in place");
+            }
         }
     }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(io_err(path))
+}
+
+fn make_dir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// The controllers a v2 group may hand to its children.
+fn controllers(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default()
+}
+
+/// Where the agent lives on v2 when it limits its runner: a leaf of its
+/// own cgroup, so that cgroup has no processes of its own and may enable
+/// controllers for the runner's group beside the leaf.
+const AGENT_LEAF: &str = "agent";
+
+fn enable_v2(parent: &Path, group: &Path, controller: &str, value: u64) -> Result<(), CgroupError> {
+    let enabled =
+        std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+    if !enabled.split_whitespace().any(|c| c == controller) {
+        let leaf = parent.join(AGENT_LEAF);
+        make_dir(&leaf)?;
+        write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+        write(
+            &parent.join("cgroup.subtree_control"),
+            &format!("+{controller}"),
+        )?;
+    }
+    write(&group.join(format!("{controller}.max")), &value.to_string())
+}
+
+/// The default memory ceiling: all of the machine's memory but what the
+/// agent and the system keep (512 MiB), at least 256 MiB.
+pub fn default_memory_max() -> Option<u64> {
+    use procfs::Current;
+    let total = procfs::Meminfo::current().ok()?.mem_total;
+    Some(total.saturating_sub(512 << 20).max(256 << 20))
 }
 
 #[cfg(test)]
@@ -213,7 +329,7 @@ mod tests {
     /// background sleeper: all of them die with the group.
     async fn kills_every_process_born_in_the_group(v2_allowed: bool, kind: Kind) {
         let name = format!("ra-unit-{}-{v2_allowed}", std::process::id());
-        let cgroup = match RunnerCgroup::create_in(&name, v2_allowed) {
+        let cgroup = match RunnerCgroup::create_in(&name, v2_allowed, Limits::default()) {
             Ok(c) => c,
             Err(e) => {
                 // Not root or no cgroupfs: nothing here can be tested.
@@ -226,13 +342,13 @@ mod tests {
             cgroup.remove();
             return;
         }
-        let procs = cgroup.procs_file().unwrap();
+        let procs = cgroup.procs_files().unwrap();
         let mut command = std::process::Command::new("sh");
         command.args([
             "-c",
             "setsid sh -c 'sleep 300 &' ; sleep 300 & exec sleep 300",
         ]);
-        crate::runner::user::confine(&mut command, None, Some(procs));
+        crate::runner::user::confine(&mut command, None, procs);
         let mut child = command.spawn().unwrap();
         let started = std::time::Instant::now();
         while cgroup.members().unwrap().len() < 3 {

@@ -19,11 +19,10 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const MANIFEST: &str = "manifest.json";
@@ -212,18 +211,27 @@ impl HomeStore {
         Ok(())
     }
 
+    /// Copies the file into the store, named by its digest.
     fn store_blob(&self, mut file: std::fs::File, relative: &Path) -> Result<Item, HomeError> {
-        let mut content = Vec::new();
-        file.read_to_end(&mut content).map_err(io(relative))?;
-        let sha256 = hex(&Sha256::digest(&content));
-        let blob = self.dir.join(BLOBS).join(&sha256);
-        if !blob.exists() {
-            runner_agent_common::fs::write_atomically(&blob, &content, 0o600).map_err(io(&blob))?;
+        let blobs = self.dir.join(BLOBS);
+        let incoming = blobs.join(format!(".incoming-{:016x}", fastrand::u64(..)));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&incoming)
+            .map_err(io(&incoming))?;
+        let copied = crate::digest::copy_hashed(&mut file, &mut out)
+            .map_err(io(relative))
+            .and_then(|(size, sha256)| {
+                out.sync_all().map_err(io(&incoming))?;
+                std::fs::rename(&incoming, blobs.join(&sha256)).map_err(io(&incoming))?;
+                Ok(Item::File { size, sha256 })
+            });
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&incoming);
         }
-        Ok(Item::File {
-            size: content.len() as u64,
-            sha256,
-        })
+        copied
     }
 
     pub fn load(&self) -> Result<HomeBaseline, HomeError> {
@@ -413,10 +421,8 @@ impl HomeStore {
             }
             Item::File { sha256, size } => {
                 let blob = self.dir.join(BLOBS).join(sha256);
-                let content = std::fs::read(&blob).map_err(|_| HomeError::Blob(relative.into()))?;
-                if content.len() as u64 != *size || hex(&Sha256::digest(&content)) != *sha256 {
-                    return Err(HomeError::Blob(relative.into()));
-                }
+                let mut content =
+                    std::fs::File::open(&blob).map_err(|_| HomeError::Blob(relative.into()))?;
                 // A fresh name nobody can have planted, created exclusively;
                 // renamed over whatever stands at `name` (a link is replaced,
                 // never followed).
@@ -434,9 +440,12 @@ impl HomeStore {
                 )
                 .map_err(nofollow::sys(&path))?;
                 let mut file = std::fs::File::from(fd);
-                let written = file
-                    .write_all(&content)
+                let written = crate::digest::copy_hashed(&mut content, &mut file)
                     .map_err(io(&path))
+                    .and_then(|copied| match copied == (*size, sha256.clone()) {
+                        true => Ok(()),
+                        false => Err(HomeError::Blob(relative.into())),
+                    })
                     .and_then(|()| {
                         nix::unistd::fchown(file.as_fd(), Some(uid), Some(gid))
                             .and_then(|()| nix::sys::stat::fchmod(file.as_fd(), mode))
@@ -508,13 +517,10 @@ fn fix_owner_mode(dir: &DirFd, recorded: &Recorded) -> Result<(), HomeError> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::symlink;
 
     fn write(path: &Path, text: &str) {

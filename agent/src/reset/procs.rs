@@ -104,7 +104,7 @@ mod tests {
             "-c",
             "printf 'job\\377\\376' > /proc/self/comm; while :; do sleep 0.2; done",
         ]);
-        crate::runner::user::confine(&mut command, Some(&user), None);
+        crate::runner::user::confine(&mut command, Some(&user), Vec::new());
         let mut child = command.spawn().unwrap();
         let pid = child.id() as i32;
         let started = std::time::Instant::now();

@@ -146,7 +146,7 @@ async fn each_invariant_fails_on_its_own_leftover() {
     // Processes: one of the user's, left running.
     let mut command = Command::new("sleep");
     command.arg("30");
-    crate::runner::user::confine(&mut command, Some(&f.user), None);
+    crate::runner::user::confine(&mut command, Some(&f.user), Vec::new());
     let mut child = command.spawn().unwrap();
     assert_eq!(f.failing().await, Some(Invariant::Processes));
     child.kill().unwrap();

@@ -101,7 +101,7 @@ pub async fn probe_version(
         .kill_on_drop(true)
         .env_remove("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT");
     super::scrub_env(&mut command);
-    user::confine(command.as_std_mut(), owner, None);
+    user::confine(command.as_std_mut(), owner, Vec::new());
     let child = command
         .spawn()
         .map_err(|e| format!("starting {}: {e}", listener.display()))?;

@@ -17,9 +17,7 @@ use super::{HOOK_DIR, JOB_DIR, REGISTRATION_FILES};
 use crate::nofollow::{self, DirFd, FsError, Kind};
 use nix::sys::stat::FileStat;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Written by `config.sh` (its `env.sh`, and the service script on Linux)
@@ -233,20 +231,9 @@ fn digest(root: &DirFd, relative: &Path) -> Result<String, ManifestError> {
         None => None,
     };
     let mut file = file.ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::digest::copy_hashed(&mut file, &mut std::io::sink())
+        .map(|(_, sha256)| sha256)
+        .map_err(io)
 }
 
 #[cfg(test)]

@@ -237,12 +237,12 @@ impl RunnerControl {
         if self.user.is_none() && self.allow_root && user::running_as_root() {
             command.env("RUNNER_ALLOW_RUNASROOT", "1");
         }
-        let procs = match self.cgroup.as_ref().map(|cgroup| cgroup.procs_file()) {
-            None => None,
-            Some(Ok(procs)) => Some(procs),
+        let procs = match self.cgroup.as_ref().map(|cgroup| cgroup.procs_files()) {
+            None => Vec::new(),
+            Some(Ok(procs)) => procs,
             Some(Err(e)) if self.allow_weaker => {
                 tracing::error!(error = %e, "the runner starts outside its cgroup (reset.allow_weaker)");
-                None
+                Vec::new()
             }
             Some(Err(e)) => return Err(RunnerError::Cgroup(e)),
         };

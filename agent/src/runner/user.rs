@@ -81,31 +81,32 @@ impl RunnerUser {
     }
 }
 
-/// Prepares a child: born into the runner's cgroup when `cgroup_procs` (its
-/// `cgroup.procs`, open for writing) is given, then running as `user` when
-/// one is given, with HOME, USER and LOGNAME to match.
-pub fn confine(command: &mut Command, user: Option<&RunnerUser>, cgroup_procs: Option<File>) {
+/// Prepares a child: born into the runner's cgroups when `cgroup_procs`
+/// (their `cgroup.procs`, open for writing) are given, then running as
+/// `user` when one is given, with HOME, USER and LOGNAME to match.
+pub fn confine(command: &mut Command, user: Option<&RunnerUser>, cgroup_procs: Vec<File>) {
     if let Some(user) = user {
         command
             .env("HOME", &user.home)
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
     }
-    if user.is_none() && cgroup_procs.is_none() {
+    if user.is_none() && cgroup_procs.is_empty() {
         return;
     }
     let credentials = user.map(|u| (u.uid, u.gid, u.groups.clone()));
     // SAFETY: the closure runs in the child between fork and exec, where
     // the agent's other threads (tokio's blocking pool, the SDK's) may have
-    // left locks held, so only async-signal-safe work is sound. It makes at
-    // most four system calls through thin nix wrappers (write of "0" to the
-    // cgroup.procs file the closure owns, which moves the caller; setgroups
-    // on the slice the closure owns, setgid, setuid) and on failure turns
-    // the errno into an io::Error, which does not allocate: no allocation,
-    // no lock, no file opened (file and groups were resolved in the agent).
+    // left locks held, so only async-signal-safe work is sound. It makes
+    // only system calls through thin nix wrappers (a write of "0" to each
+    // cgroup.procs file the closure owns, which moves the caller, iterating
+    // a Vec it owns without growing it; setgroups on the slice it owns,
+    // setgid, setuid) and on failure turns the errno into an io::Error,
+    // which does not allocate: no allocation, no lock, no file opened
+    // (files and groups were resolved in the agent).
     unsafe {
         command.pre_exec(move || {
-            if let Some(procs) = &cgroup_procs {
+            for procs in &cgroup_procs {
                 nix::unistd::write(procs, b"0")?;
             }
             if let Some((uid, gid, groups)) = &credentials {
@@ -178,7 +179,7 @@ mod tests {
         };
         let mut command = tokio::process::Command::new("sh");
         command.args(["-c", "id -u; id -g; id -G; echo $HOME"]);
-        confine(command.as_std_mut(), Some(&user), None);
+        confine(command.as_std_mut(), Some(&user), Vec::new());
         let out = command.output().await.unwrap();
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).unwrap();

@@ -41,6 +41,8 @@ pub(super) struct RawReset {
     pub temp_dirs: Option<Vec<PathBuf>>,
     pub deny_cron: Option<bool>,
     pub allow_weaker: Option<bool>,
+    pub runner_pids_max: Option<u64>,
+    pub runner_memory_max: Option<String>,
     pub docker: Option<String>,
     pub images: Option<String>,
     pub docker_cli: Option<PathBuf>,
@@ -113,6 +115,12 @@ pub struct ResetSettings {
     /// for the runner, or hardening without a reset. Off: the agent
     /// refuses (a config error, or `UD_REG_FAILED` with the reason).
     pub allow_weaker: bool,
+    /// The runner's cgroup may hold at most this many processes (0: no
+    /// limit): a fork bomb in a job stops there.
+    pub runner_pids_max: u64,
+    /// ...and use at most this much memory; `None`: all the machine has
+    /// but 512 MiB (the agent's and the system's share); `Some(0)`: none.
+    pub runner_memory_max: Option<u64>,
     pub docker: DockerMode,
     pub images: ImageMode,
     pub docker_cli: PathBuf,
@@ -217,6 +225,13 @@ pub(super) fn validate_reset(
             .unwrap_or_else(|| DEFAULT_TEMP_DIRS.iter().map(PathBuf::from).collect()),
         deny_cron: raw.deny_cron.unwrap_or(false),
         allow_weaker: raw.allow_weaker.unwrap_or(false),
+        runner_pids_max: raw.runner_pids_max.unwrap_or(4096),
+        runner_memory_max: match raw.runner_memory_max.as_deref() {
+            None | Some("auto") => None,
+            Some(text) => {
+                Some(parse_size(text).map_err(|reason| invalid("runner_memory_max", reason))?)
+            }
+        },
         docker,
         images,
         docker_cli: raw.docker_cli.unwrap_or_else(|| "docker".into()),
