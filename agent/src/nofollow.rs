@@ -206,39 +206,11 @@ impl DirFd {
         }
     }
 
-    /// The directory at `relative` below this one, every component a real
-    /// directory. A component that is a link or a file is removed (it
-    /// stands where a directory belongs) and the walk stops there:
-    /// `Ok(None)`, as when a component is missing.
-    pub fn descend(&self, relative: &Path) -> Result<Option<DirFd>, FsError> {
-        let mut current: Option<DirFd> = None;
-        for component in relative.components() {
-            let Component::Normal(name) = component else {
-                continue;
-            };
-            let here = current.as_ref().unwrap_or(self);
-            match here.child(name)? {
-                Some(next) => current = Some(next),
-                None => {
-                    if here.stat(name)?.is_some() {
-                        tracing::warn!(path = %here.path.join(name).display(), "a link or file where a directory belongs; removed, not followed");
-                        here.remove(name)?;
-                    }
-                    return Ok(None);
-                }
-            }
-        }
-        match current {
-            Some(dir) => Ok(Some(dir)),
-            // `relative` named this directory itself.
-            None => DirFd::open_again(self),
-        }
-    }
-
-    /// The directory at `relative` below this one if every component is a
-    /// real directory; `None` otherwise. Nothing is changed (the check's
-    /// way to look).
-    pub fn lookup(&self, relative: &Path) -> Result<Option<DirFd>, FsError> {
+    /// Opens `relative` one real directory at a time. `Ok((dir, None))`:
+    /// all of it (`dir` is `None` when `relative` names this directory);
+    /// `Ok((dir, Some(name)))`: `name` in `dir` (or in this directory) is
+    /// missing, a link or not a directory, and nothing below it is opened.
+    fn resolve(&self, relative: &Path) -> Result<(Option<DirFd>, Option<OsString>), FsError> {
         let mut current: Option<DirFd> = None;
         for component in relative.components() {
             let Component::Normal(name) = component else {
@@ -246,30 +218,49 @@ impl DirFd {
             };
             match current.as_ref().unwrap_or(self).child(name)? {
                 Some(next) => current = Some(next),
-                None => return Ok(None),
+                None => return Ok((current, Some(name.to_owned()))),
             }
         }
-        match current {
-            Some(dir) => Ok(Some(dir)),
-            None => DirFd::open_again(self),
+        Ok((current, None))
+    }
+
+    /// The directory at `relative` below this one, every component a real
+    /// directory. A component that is a link or a file is removed (it
+    /// stands where a directory belongs) and the walk stops there:
+    /// `Ok(None)`, as when a component is missing.
+    pub fn descend(&self, relative: &Path) -> Result<Option<DirFd>, FsError> {
+        match self.resolve(relative)? {
+            (Some(dir), None) => Ok(Some(dir)),
+            (None, None) => DirFd::open_again(self),
+            (parent, Some(name)) => {
+                let here = parent.as_ref().unwrap_or(self);
+                if here.stat(&name)?.is_some() {
+                    tracing::warn!(path = %here.path.join(&name).display(), "a link or file where a directory belongs; removed, not followed");
+                    here.remove(&name)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The directory at `relative` below this one if every component is a
+    /// real directory; `None` otherwise. Nothing is changed (the check's
+    /// way to look).
+    pub fn lookup(&self, relative: &Path) -> Result<Option<DirFd>, FsError> {
+        match self.resolve(relative)? {
+            (Some(dir), None) => Ok(Some(dir)),
+            (None, None) => DirFd::open_again(self),
+            (_, Some(_)) => Ok(None),
         }
     }
 
     /// Whether anything stands at `relative` or in the way to it (a link
     /// or file where a directory on the way belongs).
     pub fn exists(&self, relative: &Path) -> Result<bool, FsError> {
-        let mut current: Option<DirFd> = None;
-        for component in relative.components() {
-            let Component::Normal(name) = component else {
-                continue;
-            };
-            let here = current.as_ref().unwrap_or(self);
-            match here.child(name)? {
-                Some(next) => current = Some(next),
-                None => return Ok(here.stat(name)?.is_some()),
-            }
+        match self.resolve(relative)? {
+            (parent, Some(name)) => Ok(parent.as_ref().unwrap_or(self).stat(&name)?.is_some()),
+            (_, None) => Ok(true),
         }
-        Ok(true)
     }
 
     fn open_again(dir: &DirFd) -> Result<Option<DirFd>, FsError> {

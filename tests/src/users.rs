@@ -90,9 +90,16 @@ fn remove(name: &str) {
     let _ = Command::new("userdel").arg(name).output();
 }
 
-/// The uid's SysV IPC objects and at jobs, which outlive a user.
-fn purge_uid(uid: u32) {
-    for (kind, flag) in [("shm", "-m"), ("sem", "-s"), ("msg", "-q")] {
+/// The SysV IPC objects `uid` owns or created, as `ipcrm` flag and id,
+/// from `/proc/sysvipc` (columns found by their header).
+pub fn sysv_of(uid: u32) -> Vec<(&'static str, String)> {
+    let uid = uid.to_string();
+    let mut found = Vec::new();
+    for (kind, id_column, flag) in [
+        ("shm", "shmid", "-m"),
+        ("sem", "semid", "-s"),
+        ("msg", "msqid", "-q"),
+    ] {
         let table = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
         let mut lines = table.lines();
         let header: Vec<&str> = lines
@@ -101,32 +108,43 @@ fn purge_uid(uid: u32) {
             .split_whitespace()
             .collect();
         let col = |name: &str| header.iter().position(|c| *c == name);
-        let (Some(id), Some(owner), Some(creator)) = (
-            col(&format!("{kind}id").replace("msgid", "msqid")),
-            col("uid"),
-            col("cuid"),
-        ) else {
+        let (Some(id), Some(owner), Some(creator)) = (col(id_column), col("uid"), col("cuid"))
+        else {
             continue;
         };
         for row in lines.map(|l| l.split_whitespace().collect::<Vec<_>>()) {
             let mine = [owner, creator]
                 .iter()
-                .any(|c| row.get(*c) == Some(&uid.to_string().as_str()));
+                .any(|c| row.get(*c) == Some(&uid.as_str()));
             if let (true, Some(id)) = (mine, row.get(id)) {
-                let _ = Command::new("ipcrm").args([flag, id]).output();
+                found.push((flag, id.to_string()));
             }
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/var/spool/cron/atjobs") {
-        use std::os::unix::fs::MetadataExt;
-        for entry in dir.filter_map(Result::ok) {
-            if entry
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.uid() == uid)
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+    found
+}
+
+/// The `at` jobs `uid` queued (Debian's spool: one file per job, the
+/// user's).
+pub fn at_jobs_of(uid: u32) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/var/spool/cron/atjobs")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.uid() == uid))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The uid's SysV IPC objects and at jobs, which outlive a user.
+fn purge_uid(uid: u32) {
+    for (flag, id) in sysv_of(uid) {
+        let _ = Command::new("ipcrm").args([flag, &id]).output();
+    }
+    for job in at_jobs_of(uid) {
+        let _ = std::fs::remove_file(job);
     }
 }
 

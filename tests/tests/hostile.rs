@@ -6,8 +6,9 @@
 //! nothing the job did may reach the next run, and nothing outside what
 //! the reset owns may have been touched.
 
-use stack::agent::{AgentProcess, AgentSpec};
-use stack::users::TestUser;
+use super::reset::expect;
+use stack::agent::AgentSpec;
+use stack::users::{at_jobs_of, sysv_of, TestUser};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -84,17 +85,6 @@ echo steps done
     )
 }
 
-/// The signal `state` for `run_id`, or a panic with the agent's log.
-async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
-    if let Err(last) = stack
-        .cp
-        .wait_signal(&stack.instance_id, state, run_id, SIGNAL_WAIT)
-        .await
-    {
-        panic!("no {state} for {run_id}: {last:?}\n{}", agent.log_text());
-    }
-}
-
 /// A process of the user started outside the runner's cgroup (as cron or
 /// a user manager would start one), named with bytes that are not UTF-8.
 fn stray_process(user: &TestUser) -> std::process::Child {
@@ -110,39 +100,6 @@ fn stray_process(user: &TestUser) -> std::process::Child {
         ])
         .spawn()
         .unwrap()
-}
-
-fn sysv_of(uid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for kind in ["shm", "sem", "msg"] {
-        let text = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let col = header
-            .iter()
-            .position(|c| *c == "uid")
-            .unwrap_or(usize::MAX);
-        for line in lines {
-            if line.split_whitespace().nth(col) == Some(uid.to_string().as_str()) {
-                found.push(format!("{kind}: {line}"));
-            }
-        }
-    }
-    found
-}
-
-fn at_jobs_of(uid: u32) -> usize {
-    std::fs::read_dir("/var/spool/cron/atjobs")
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.uid() == uid))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn digest(path: &Path) -> Vec<u8> {
@@ -215,7 +172,7 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
         std::fs::write(&linger, "").unwrap();
         let mut stray = stray_process(&user);
         assert!(
-            at_jobs_of(user.uid) >= 1,
+            !at_jobs_of(user.uid).is_empty(),
             "run {run}: the at job was queued"
         );
         assert!(
@@ -245,9 +202,13 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
             !crontab.status.success(),
             "run {run}: crontab left: {crontab:?}"
         );
-        assert_eq!(at_jobs_of(user.uid), 0, "run {run}: at jobs left");
+        assert_eq!(
+            at_jobs_of(user.uid),
+            Vec::<PathBuf>::new(),
+            "run {run}: at jobs left"
+        );
         assert!(!linger.exists(), "run {run}: linger left");
-        assert_eq!(sysv_of(user.uid), Vec::<String>::new(), "run {run}");
+        assert_eq!(sysv_of(user.uid), vec![], "run {run}");
         assert!(
             !Path::new(&format!("/dev/shm/ra-hostile-{run}")).exists(),
             "run {run}"

@@ -41,7 +41,7 @@ echo steps done
 }
 
 /// Waits for the signal `state` for `run_id`; panics with the agent's log.
-async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
+pub(crate) async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
     if let Err(last) = stack
         .cp
         .wait_signal(&stack.instance_id, state, run_id, SIGNAL_WAIT)

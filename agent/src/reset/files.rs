@@ -28,6 +28,16 @@ pub fn empty(install_dir: &Path, relative: &str, keep: &[PathBuf]) -> Result<usi
     }
 }
 
+/// The kept paths below `name`, relative to it (a kept path deeper down
+/// keeps the directories above it).
+fn below(keep: &[PathBuf], name: &Path) -> Vec<PathBuf> {
+    keep.iter()
+        .filter_map(|k| k.strip_prefix(name).ok())
+        .filter(|rest| !rest.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
 fn clean_keeping(dir: &mut DirFd, keep: &[PathBuf]) -> Result<usize, FsError> {
     let mut removed = 0;
     for entry in dir.entries()? {
@@ -35,12 +45,7 @@ fn clean_keeping(dir: &mut DirFd, keep: &[PathBuf]) -> Result<usize, FsError> {
         if keep.iter().any(|k| k == &name) {
             continue;
         }
-        let deeper: Vec<PathBuf> = keep
-            .iter()
-            .filter_map(|k| k.strip_prefix(&name).ok())
-            .filter(|rest| !rest.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .collect();
+        let deeper = below(keep, &name);
         let sub = if deeper.is_empty() {
             None
         } else {
@@ -213,12 +218,7 @@ fn beyond(
         if keep.iter().any(|k| k == name) {
             continue;
         }
-        let deeper: Vec<PathBuf> = keep
-            .iter()
-            .filter_map(|k| k.strip_prefix(name).ok())
-            .filter(|rest| !rest.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .collect();
+        let deeper = below(keep, name);
         match dir.child(&entry.name)? {
             Some(mut sub) if !deeper.is_empty() => {
                 beyond(&mut sub, &prefix.join(name), &deeper, depth + 1, extra)?

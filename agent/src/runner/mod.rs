@@ -530,6 +530,49 @@ mod tests {
         assert!(gone, "config.sh's child {child} survived the timeout");
     }
 
+    /// A cgroup that cannot be joined refuses the runner's commands (a
+    /// process outside it would survive the reset), unless
+    /// `reset.allow_weaker`.
+    #[tokio::test]
+    async fn an_unjoinable_cgroup_refuses_to_start_the_runner() {
+        let name = format!("ra-unit-gone-{}", std::process::id());
+        let cgroup = match RunnerCgroup::create(&name, Default::default()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        cgroup.remove();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |extra: &str| {
+            let toml = format!(
+                "table = \"pool\"\n[github]\nurl = \"https://github.com/acme/widgets\"\n[runner]\nversion = \"2.321.0\"\ninstall_dir = \"{}\"\n[reset]\n{extra}",
+                dir.path().display()
+            );
+            Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap()
+        };
+        let strict = RunnerControl::new(&settings(""), "i-0123", None, Some(cgroup.clone()));
+        let err = strict
+            .configure("TOKEN", "i-0123-1", "42")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunnerError::Cgroup(_)), "{err}");
+        assert!(matches!(strict.start(), Err(RunnerError::Cgroup(_))));
+        let weaker = RunnerControl::new(
+            &settings("allow_weaker = true\n"),
+            "i-0123",
+            None,
+            Some(cgroup),
+        );
+        // Past the cgroup: there is no config.sh here to start.
+        let err = weaker
+            .configure("TOKEN", "i-0123-1", "42")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunnerError::Spawn { .. }), "{err}");
+    }
+
     /// GitHub never answers `config.sh remove`: the local registration is
     /// removed within the timeouts, so the release's signal is not held.
     #[tokio::test(start_paused = true)]
