@@ -64,6 +64,22 @@ fn find<'a>(entries: &'a [Value], message: &str, key: &str, value: &str) -> Opti
         .find(|e| e["message"] == message && e[key] == value)
 }
 
+/// The agent's log once it holds the write of `signal` for `run` (at most
+/// 5 s after the item was seen in the table).
+async fn logged(agent: &AgentProcess, signal: &str, run: &str) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let entries = log_entries(agent);
+        let found = entries.iter().any(|e| {
+            e["message"] == "signal written" && e["signal"] == signal && e["run_id"] == run
+        });
+        if found || started.elapsed() > Duration::from_secs(5) {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// When the agent logged writing `signal` for `run` (the latest such line).
 fn signal_logged(entries: &[Value], signal: &str, run: &str) -> f64 {
     let entry = entries
@@ -203,7 +219,7 @@ async fn reset_release_ms(runs: usize, dedicated: bool) -> Vec<f64> {
         cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
             .await
             .expect("released after a reset");
-        let entries = log_entries(&agent);
+        let entries = logged(&agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run).await;
         let signalled = entries
             .iter()
             .find(|e| {
@@ -344,7 +360,9 @@ async fn main() {
         cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run, WAIT)
             .await
             .expect("released");
-        let entries = log_entries(&agent);
+        // The agent logs the write after DynamoDB answered it: the driver's
+        // poll can see the item first.
+        let entries = logged(&agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run).await;
         let config_ms = entries
             .iter()
             .filter(|e| e["message"] == "config.sh finished")
@@ -402,7 +420,7 @@ async fn main() {
         cp.wait_signal(&id, "UD_REG_OK", &run, WAIT)
             .await
             .expect("UD_REG_OK after the same run's release");
-        let entries = log_entries(&agent);
+        let entries = logged(&agent, "UD_REG_OK", &run).await;
         let config_ms = entries
             .iter()
             .rev()
