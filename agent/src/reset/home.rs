@@ -13,10 +13,11 @@
 //! inode, size, mtime and ctime are what was recorded: a job can forge an
 //! mtime, not a ctime. Every path is walked without following links.
 
-use crate::nofollow::{self, DirFd, Entry, FsError, Kind};
+use crate::nofollow::{self, DirFd, FsError, Kind};
+use entry::{is_regular, matches_kind, owned_as, record, Item, Recorded, Seen};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, Mode};
+use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,43 +50,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     move |source| HomeError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Item {
-    Dir,
-    File { size: u64, sha256: String },
-    Link { target: PathBuf },
-}
-
-/// One entry as recorded; `seen` is the stat that proves it unchanged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Recorded {
-    item: Item,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    seen: Seen,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Seen {
-    ino: u64,
-    size: i64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Seen {
-    fn of(stat: &FileStat) -> Seen {
-        Seen {
-            ino: stat.st_ino,
-            size: stat.st_size,
-            mtime: (stat.st_mtime, stat.st_mtime_nsec),
-            ctime: (stat.st_ctime, stat.st_ctime_nsec),
-        }
     }
 }
 
@@ -474,34 +438,6 @@ impl HomeStore {
     }
 }
 
-fn record(item: Item, stat: &FileStat) -> Recorded {
-    Recorded {
-        item,
-        mode: stat.st_mode & 0o7777,
-        uid: stat.st_uid,
-        gid: stat.st_gid,
-        seen: Seen::of(stat),
-    }
-}
-
-fn is_regular(stat: &FileStat) -> bool {
-    stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG
-}
-
-fn matches_kind(item: &Item, entry: &Entry) -> bool {
-    match item {
-        Item::Dir => entry.kind() == Kind::Dir,
-        Item::Link { .. } => entry.kind() == Kind::Link,
-        Item::File { .. } => is_regular(&entry.stat),
-    }
-}
-
-fn owned_as(stat: &FileStat, recorded: &Recorded) -> bool {
-    stat.st_uid == recorded.uid
-        && stat.st_gid == recorded.gid
-        && (stat.st_mode & 0o7777 == recorded.mode || matches!(recorded.item, Item::Link { .. }))
-}
-
 fn fix_owner_mode(dir: &DirFd, recorded: &Recorded) -> Result<(), HomeError> {
     let stat = nix::sys::stat::fstat(dir.fd()).map_err(nofollow::sys(dir.path()))?;
     if !owned_as(&stat, recorded) {
@@ -517,5 +453,6 @@ fn fix_owner_mode(dir: &DirFd, recorded: &Recorded) -> Result<(), HomeError> {
     Ok(())
 }
 
+mod entry;
 #[cfg(test)]
 mod tests;
