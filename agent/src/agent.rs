@@ -5,8 +5,8 @@
 
 use crate::config::Settings;
 use crate::expiry::{SelfTermination, Watchdog};
+use crate::host::LocalHost;
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
-use crate::machine::world::LocalHost;
 use crate::machine::{Events, Machine, Setup, SystemClock, Timing, World};
 use crate::reset::cgroup::RunnerCgroup;
 use crate::reset::Resetter;

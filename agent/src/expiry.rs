@@ -3,9 +3,10 @@
 //! `AllowSelfTermination=true`, terminate this instance. Anything that
 //! cannot be read (tag, threshold, record) is a reason *not* to terminate.
 
+use crate::clock::Clock;
 use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION};
-use crate::machine::{Clock, Pool};
 use crate::pace::Pace;
+use crate::pool::Pool;
 use crate::protocol::{judge_expiry, Expiry, InstanceRecord};
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::Filter;

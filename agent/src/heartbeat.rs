@@ -7,9 +7,9 @@
 //! logged when it starts and when it ends. Each beat carries the agent's
 //! newest status and the free space on the runner's volume (`status.rs`).
 
-use crate::machine::Pool;
 use crate::metrics::Metrics;
 use crate::pace::jitter;
+use crate::pool::Pool;
 use crate::status::Status;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub async fn run<P: Pool>(pool: P, interval: Duration, report: Report, stop: Can
             Err(e) => {
                 report.metrics.heartbeat_failed();
                 if failures == 0 {
-                    tracing::warn!(error = %e, kind = e.kind.as_str(), "heartbeat write failed; retrying every 2 s until one is stored");
+                    tracing::warn!(error = %e, kind = e.kind.label(), "heartbeat write failed; retrying every 2 s until one is stored");
                 } else {
                     tracing::debug!(error = %e, "heartbeat write failed again");
                 }

@@ -4,11 +4,13 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod expiry;
 pub mod hardening;
 pub mod heartbeat;
+pub mod host;
 pub mod imds;
 pub mod inspect;
 pub mod lockfile;
@@ -19,6 +21,7 @@ pub mod nofollow;
 pub mod notify;
 pub mod pace;
 pub mod permissions;
+pub mod pool;
 pub mod prerunner;
 pub mod protocol;
 pub mod ps;

@@ -18,7 +18,7 @@
 //! retry on their own back-off until stored (`machine/signal.rs`), the
 //! heartbeat retries within its freshness window (`heartbeat.rs`).
 
-use crate::machine::Pool;
+use crate::pool::Pool;
 use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
 use crate::status::Status;
 use crate::table::{ErrorKind, TableError};
@@ -114,7 +114,7 @@ impl Pace {
                     ErrorKind::Unreachable => "DynamoDB does not answer",
                     ErrorKind::Refused => "DynamoDB refuses reads",
                 };
-                tracing::warn!(error = %error, kind = error.kind.as_str(), max_interval_s = STRETCH_CAP.as_secs(), "{what}: polls slowed until reads succeed (logged again when they do)");
+                tracing::warn!(error = %error, kind = error.kind.label(), max_interval_s = STRETCH_CAP.as_secs(), "{what}: polls slowed until reads succeed (logged again when they do)");
             }
         }
     }

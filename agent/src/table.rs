@@ -62,10 +62,11 @@ impl ErrorKind {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// Its name in logs and in the metrics' `kind` label.
+    pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Throttled => "throttled",
-            ErrorKind::Server => "server error",
+            ErrorKind::Server => "server_error",
             ErrorKind::Unreachable => "unreachable",
             ErrorKind::Refused => "refused",
         }
@@ -115,7 +116,7 @@ impl Table {
     /// Every failed call's error passes here, to be counted.
     fn failed(&self, operation: &'static str, kind: ErrorKind, message: String) -> TableError {
         if let Some(metrics) = &self.metrics {
-            metrics.dynamodb_error(operation, kind);
+            metrics.dynamodb_error(operation, kind.label());
         }
         TableError {
             operation,

@@ -4,10 +4,10 @@
 //! the other cases call the library against the same fake GitHub.
 
 use runner_agent::config::{RunnerSettings, Settings};
+use runner_agent::runner::install::present::VERSION_MARKER;
 use runner_agent::runner::install::{
     ensure_installed, upgrade, InstallError, InstallOutcome, UpgradeOutcome,
 };
-use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::github::{fake_runner_tarball_of, FakeGithub, FAKE_RUNNER_VERSION};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};

@@ -4,8 +4,8 @@
 use crate::config::{RunnerVersion, Settings};
 use crate::hardening::isolation;
 use crate::imds::{Imds, TagSource, TAG_INITIAL_RUN_ID};
+use crate::runner::install::{present, releases};
 use crate::runner::user::RunnerUser;
-use crate::runner::{installed, release};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -163,7 +163,7 @@ async fn runner_dir(settings: &Settings) -> Result<String, String> {
     // The listener is asked as the runner user, as the agent asks it; a
     // user that cannot be resolved is reported on its own line.
     let owner = RunnerUser::resolve(runner.user.as_deref()).ok().flatten();
-    let found = installed::find(dir, owner.as_ref()).await;
+    let found = present::find(dir, owner.as_ref()).await;
     let holds = match &found {
         Some(f) if f.verified => format!("{} holds runner {}", dir.display(), f.version),
         Some(f) => format!(
@@ -190,10 +190,10 @@ async fn runner_dir(settings: &Settings) -> Result<String, String> {
         }
         return Ok(holds);
     }
-    let arch = release::runner_arch();
+    let arch = releases::runner_arch();
     let digest = if runner.sha256.is_some() {
         "pinned in config"
-    } else if release::known_digest(version, arch).is_some() {
+    } else if releases::known_digest(version, arch).is_some() {
         "from the built-in table"
     } else if runner.release_api_url.is_some() {
         "from the release API"

@@ -23,9 +23,11 @@ pub mod world;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use crate::clock::{Clock, SystemClock};
 use crate::expiry::Observation;
 use crate::metrics::Metrics;
 use crate::pace::{Pace, Paced};
+pub use crate::pool::Pool;
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
 use crate::state::{AgentState, BootOutcome, LastSignal, Phase, StateStore};
 use crate::status::Status;
@@ -36,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-pub use world::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess, SystemClock};
+pub use world::{InstallFailure, RunnerHost, RunnerProcess};
 
 /// How often the table is read in each state.
 #[derive(Debug, Clone, Copy)]

@@ -37,7 +37,7 @@ pub async fn write_until_stored<P: Pool>(
                 // Once per signal, not per attempt: a throttled table may
                 // refuse dozens before one is stored.
                 if failures == 0 {
-                    tracing::warn!(signal = %signal, run_id, error = %e, kind = e.kind.as_str(), "signal write failed; retrying until it is stored");
+                    tracing::warn!(signal = %signal, run_id, error = %e, kind = e.kind.label(), "signal write failed; retrying until it is stored");
                 } else {
                     tracing::debug!(signal = %signal, run_id, error = %e, "signal write failed again");
                 }

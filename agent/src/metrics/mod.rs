@@ -13,7 +13,6 @@ pub use textfile::keep_written;
 
 use crate::protocol::Signal;
 use crate::runner::exit::ListenerExit;
-use crate::table::ErrorKind;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -200,13 +199,8 @@ impl Metrics {
         self.reset_duration.observe(took.as_secs_f64());
     }
 
-    pub fn dynamodb_error(&self, operation: &str, kind: ErrorKind) {
-        let kind = match kind {
-            ErrorKind::Throttled => "throttled",
-            ErrorKind::Server => "server_error",
-            ErrorKind::Unreachable => "unreachable",
-            ErrorKind::Refused => "refused",
-        };
+    /// `kind` is `table::ErrorKind::label`.
+    pub fn dynamodb_error(&self, operation: &str, kind: &str) {
         self.dynamodb_errors
             .with_label_values(&[operation, kind])
             .inc();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::table::ErrorKind;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -34,9 +35,9 @@ fn every_series_is_rendered_with_its_counts() {
     m.runner_exited(ListenerExit::Signalled(9));
     m.released(Duration::from_millis(700));
     m.reset(true, Duration::from_millis(200));
-    m.dynamodb_error("GetItem", ErrorKind::Throttled);
-    m.dynamodb_error("GetItem", ErrorKind::Throttled);
-    m.dynamodb_error("PutItem", ErrorKind::Server);
+    m.dynamodb_error("GetItem", ErrorKind::Throttled.label());
+    m.dynamodb_error("GetItem", ErrorKind::Throttled.label());
+    m.dynamodb_error("PutItem", ErrorKind::Server.label());
     m.notice("rebalance");
     m.heartbeat_failed();
     let text = m.render();

@@ -4,14 +4,11 @@
 
 pub mod exit;
 pub mod install;
-pub mod installed;
 pub mod layout;
 pub mod manifest;
 pub mod pid;
 mod process;
-pub mod release;
 pub mod tree;
-mod unpack;
 pub mod user;
 
 use crate::config::Settings;
@@ -233,7 +230,7 @@ impl RunnerControl {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        scrub_env(&mut command);
+        process::scrub_env(&mut command);
         if self.user.is_none() && self.allow_root && user::running_as_root() {
             command.env("RUNNER_ALLOW_RUNASROOT", "1");
         }
@@ -441,23 +438,6 @@ impl RunnerControl {
             // The reset's own sweep fails on the same error, so nothing
             // unseen is pooled.
             tracing::error!(error = %e, "looking for stray runner processes");
-        }
-    }
-}
-
-/// Leaves out of a runner command's environment what belongs to the agent
-/// (systemd's notify socket and watchdog) and any `ACTIONS_RUNNER_INPUT_*`
-/// the agent was started with (config.sh reads its answers from them).
-fn scrub_env(command: &mut Command) {
-    for name in crate::notify::PRIVATE_ENV {
-        command.env_remove(name);
-    }
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_str()
-            .is_some_and(|n| n.to_ascii_uppercase().starts_with("ACTIONS_RUNNER_INPUT_"))
-        {
-            command.env_remove(name);
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::process::Child;
 use tracing::Instrument;
 
 /// Kills a process group when dropped before the group is done.
-pub(super) struct GroupKillGuard(pub(super) Option<Pgid>);
+pub(crate) struct GroupKillGuard(pub(crate) Option<Pgid>);
 
 impl Drop for GroupKillGuard {
     fn drop(&mut self) {
@@ -97,4 +97,21 @@ pub fn forward_output(
         }
         .in_current_span(),
     );
+}
+
+/// Leaves out of a runner command's environment what belongs to the agent
+/// (systemd's notify socket and watchdog) and any `ACTIONS_RUNNER_INPUT_*`
+/// the agent was started with (config.sh reads its answers from them).
+pub(crate) fn scrub_env(command: &mut tokio::process::Command) {
+    for name in crate::notify::PRIVATE_ENV {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.to_ascii_uppercase().starts_with("ACTIONS_RUNNER_INPUT_"))
+        {
+            command.env_remove(name);
+        }
+    }
 }

@@ -43,7 +43,7 @@ async fn a_baked_runner_of_the_pinned_version_is_used_unverified_and_unmarked() 
             verified: false
         }
     );
-    assert!(!dir.join(installed::VERSION_MARKER).exists());
+    assert!(!dir.join(present::VERSION_MARKER).exists());
     // Another version pinned: not installed, so a download is tried
     // (and fails: nothing listens).
     let err = ensure_installed(&settings(&dir, "2.337.0"), None)
@@ -66,7 +66,7 @@ async fn a_baked_runner_of_the_pinned_version_is_used_unverified_and_unmarked() 
 /// listener that reports it.
 fn verified(dir: &Path, version: &str) {
     baked(dir, version);
-    std::fs::write(dir.join(installed::VERSION_MARKER), format!("{version}\n")).unwrap();
+    std::fs::write(dir.join(present::VERSION_MARKER), format!("{version}\n")).unwrap();
 }
 
 #[tokio::test]
@@ -74,7 +74,7 @@ async fn the_upgrade_of_a_deprecated_pin_is_kept_while_the_pin_names_it() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("runner");
     verified(&dir, "2.400.0");
-    std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), "2.330.0\n").unwrap();
+    std::fs::write(dir.join(present::UPGRADED_FROM_MARKER), "2.330.0\n").unwrap();
     // Nothing answers downloads here: keeping it needs none.
     let outcome = ensure_installed(&settings(&dir, "2.330.0"), None)
         .await
@@ -87,14 +87,14 @@ async fn the_upgrade_of_a_deprecated_pin_is_kept_while_the_pin_names_it() {
     // an older install: the pin is installed, here failing to download.
     for (pin, from) in [("2.350.0", Some("2.330.0")), ("2.330.0", None)] {
         match from {
-            Some(from) => std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), from).unwrap(),
-            None => std::fs::remove_file(dir.join(installed::UPGRADED_FROM_MARKER)).unwrap(),
+            Some(from) => std::fs::write(dir.join(present::UPGRADED_FROM_MARKER), from).unwrap(),
+            None => std::fs::remove_file(dir.join(present::UPGRADED_FROM_MARKER)).unwrap(),
         }
         let result = ensure_installed(&settings(&dir, pin), None).await;
         assert!(result.is_err(), "{pin} {from:?}: {result:?}");
     }
     verified(&dir, "2.300.0");
-    std::fs::write(dir.join(installed::UPGRADED_FROM_MARKER), "2.330.0").unwrap();
+    std::fs::write(dir.join(present::UPGRADED_FROM_MARKER), "2.330.0").unwrap();
     assert!(ensure_installed(&settings(&dir, "2.330.0"), None)
         .await
         .is_err());
@@ -131,7 +131,7 @@ async fn latest_without_the_api_uses_what_is_installed_or_fails() {
     assert!(!dir.exists());
 
     baked(&dir, "2.336.0");
-    std::fs::write(dir.join(installed::VERSION_MARKER), "2.335.0\n").unwrap();
+    std::fs::write(dir.join(present::VERSION_MARKER), "2.335.0\n").unwrap();
     let outcome = ensure_installed(&settings(&dir, "latest"), None)
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! The `actions/runner` releases: asset names, the built-in digest table,
 //! and the release API (a tag's asset digest, the latest release).
 
-use super::install::InstallError;
+use super::error::InstallError;
 use crate::config::parse_runner_version;
 use crate::config::RunnerSettings;
 use runner_agent_common::digest::parse_sha256_hex;
@@ -117,7 +117,7 @@ pub fn http_client(settings: &RunnerSettings) -> Result<reqwest::Client, Install
             // ca-certificates package) the build fails, even for http URLs.
             message: format!(
                 "cannot build the HTTPS client ({}): are the system's CA certificates installed?",
-                super::install::error_chain(&e)
+                super::error::error_chain(&e)
             ),
         })
 }
@@ -166,12 +166,12 @@ async fn get_json(http: &reqwest::Client, url: &Url) -> Result<serde_json::Value
         .header("accept", "application/vnd.github+json")
         .send()
         .await
-        .map_err(|e| err(super::install::error_chain(&e)))?;
+        .map_err(|e| err(super::error::error_chain(&e)))?;
     let status = response.status();
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| err(super::install::error_chain(&e)))?;
+        .map_err(|e| err(super::error::error_chain(&e)))?;
     if !status.is_success() {
         // GitHub says why in `message` (e.g. "API rate limit exceeded for
         // <ip>"); the body is GitHub's, not a secret, but keep it short.

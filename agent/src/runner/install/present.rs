@@ -3,10 +3,10 @@
 //! (`bin/Runner.Listener --version`), for a runner unpacked by something
 //! else, e.g. an image bake that did not use `runner-agent install`.
 
-use super::pid::Pgid;
-use super::process::GroupKillGuard;
-use super::user::{self, RunnerUser};
 use crate::config::parse_runner_version;
+use crate::runner::pid::Pgid;
+use crate::runner::process::GroupKillGuard;
+use crate::runner::user::{self, RunnerUser};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -100,7 +100,7 @@ pub async fn probe_version(
         .process_group(0)
         .kill_on_drop(true)
         .env_remove("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT");
-    super::scrub_env(&mut command);
+    crate::runner::process::scrub_env(&mut command);
     user::confine(command.as_std_mut(), owner, Vec::new());
     let child = command
         .spawn()
@@ -261,7 +261,7 @@ mod tests {
             .unwrap();
         // Its group (the sleep included) is gone, or dying.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while super::super::tree::tree_alive(Pgid::new(pid).unwrap()) {
+        while crate::runner::tree::tree_alive(Pgid::new(pid).unwrap()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the listener's group lives on"

@@ -6,46 +6,26 @@
 //! `latest` the release API's latest; `upgrade` moves an installed runner
 //! on to the latest release whatever the config says.
 
-use super::installed::{self, Found};
-use super::release::{self, compare_versions, known_digest, runner_arch, tarball_name, Release};
-use super::unpack::{sibling, unpack_into_place};
+mod error;
+pub mod present;
+pub mod releases;
+mod unpack;
+
 use super::user::RunnerUser;
 use crate::config::{RunnerSettings, RunnerVersion};
+use error::io_err;
+pub use error::InstallError;
+use present::Found;
+use releases::{compare_versions, known_digest, runner_arch, tarball_name, Release};
 use runner_agent_common::http_url;
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use unpack::{sibling, unpack_into_place};
 
 /// The real tarball is ~200 MiB; anything much larger is not a runner.
 const MAX_TARBALL_BYTES: u64 = 1 << 30;
-
-#[derive(Debug, thiserror::Error)]
-pub enum InstallError {
-    #[error("no SHA-256 known for runner {version} ({arch}): set runner.sha256 or runner.release_api_url")]
-    NoDigest { version: String, arch: String },
-    #[error("runner tarball {url}: {message}")]
-    Download { url: String, message: String },
-    #[error("runner tarball {url}: SHA-256 mismatch: expected {expected}, got {actual}; nothing unpacked")]
-    DigestMismatch {
-        url: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("release API {url}: {message}")]
-    ReleaseApi { url: String, message: String },
-    #[error("unpacking runner tarball: entry {entry:?}: {reason}")]
-    UnsafeEntry { entry: String, reason: String },
-    #[error("installing runner into {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("making the install root's: {0}")]
-    Layout(crate::nofollow::FsError),
-    #[error("{path} holds a configured runner of another version; refusing to replace it")]
-    ConfiguredElsewhere { path: PathBuf },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallOutcome {
@@ -88,13 +68,6 @@ pub enum UpgradeOutcome {
     NotNewer { latest: String },
 }
 
-pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
-    move |source| InstallError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Makes sure the configured version (with `latest`, the latest release)
 /// is unpacked in `settings.install_dir`. A runner found there without
 /// runner-agent's marker counts when its listener reports that version
@@ -126,7 +99,7 @@ async fn ensure_unpacked(
     owner: Option<&RunnerUser>,
 ) -> Result<InstallOutcome, InstallError> {
     let dir = &settings.install_dir;
-    let found = installed::find(dir, owner).await;
+    let found = present::find(dir, owner).await;
     let registered = dir.join(".runner").exists();
     let (http, wanted) = match &settings.version {
         RunnerVersion::Pinned(version) => {
@@ -143,7 +116,7 @@ async fn ensure_unpacked(
             if registered {
                 return Err(InstallError::ConfiguredElsewhere { path: dir.clone() });
             }
-            let http = release::http_client(settings)?;
+            let http = releases::http_client(settings)?;
             let sha256 = pinned_digest(&http, settings, version).await?;
             let release = Release {
                 version: version.clone(),
@@ -152,8 +125,8 @@ async fn ensure_unpacked(
             (http, release)
         }
         RunnerVersion::Latest => {
-            let http = release::http_client(settings)?;
-            let latest = release::latest(&http, &settings.release_api(), runner_arch()).await;
+            let http = releases::http_client(settings)?;
+            let latest = releases::latest(&http, &settings.release_api(), runner_arch()).await;
             let latest = match (latest, found) {
                 (Ok(latest), found) => {
                     if let Some(outcome) = already_present(dir, found.as_ref(), &latest.version) {
@@ -202,8 +175,8 @@ pub async fn upgrade(
     owner: Option<&RunnerUser>,
     current: &str,
 ) -> Result<UpgradeOutcome, InstallError> {
-    let http = release::http_client(settings)?;
-    let latest = release::latest(&http, &settings.release_api(), runner_arch()).await?;
+    let http = releases::http_client(settings)?;
+    let latest = releases::latest(&http, &settings.release_api(), runner_arch()).await?;
     match compare_versions(&latest.version, current) {
         Some(Ordering::Greater) => {}
         Some(_) => {
@@ -225,7 +198,7 @@ pub async fn upgrade(
     let sha256 = install_release(&http, settings, &latest).await?;
     secure(dir, owner)?;
     if let RunnerVersion::Pinned(pinned) = &settings.version {
-        let marker = dir.join(installed::UPGRADED_FROM_MARKER);
+        let marker = dir.join(present::UPGRADED_FROM_MARKER);
         if let Err(e) = std::fs::write(&marker, format!("{pinned}\n")) {
             // The upgrade stands; a restart would install the pin again.
             tracing::warn!(path = %marker.display(), error = %e, "recording the upgrade of the pinned version");
@@ -244,7 +217,7 @@ fn already_present(dir: &Path, found: Option<&Found>, version: &str) -> Option<I
             version,
             dir = %dir.display(),
             "runner found unpacked, not verified by runner-agent (no {} marker): its listener reports this version; using it",
-            installed::VERSION_MARKER
+            present::VERSION_MARKER
         );
     }
     Some(InstallOutcome::AlreadyPresent {
@@ -257,7 +230,7 @@ fn already_present(dir: &Path, found: Option<&Found>, version: &str) -> Option<I
 /// after GitHub deprecated it.
 fn upgrade_of(dir: &Path, found: &Found, version: &str) -> bool {
     found.verified
-        && installed::upgraded_from(dir).as_deref() == Some(version)
+        && present::upgraded_from(dir).as_deref() == Some(version)
         && compare_versions(&found.version, version) == Some(Ordering::Greater)
 }
 
@@ -290,7 +263,7 @@ async fn pinned_digest(
         return Ok(known.to_owned());
     }
     match &settings.release_api_url {
-        Some(api) => release::tag_digest(http, api, version, &tarball_name(version, arch)).await,
+        Some(api) => releases::tag_digest(http, api, version, &tarball_name(version, arch)).await,
         None => Err(InstallError::NoDigest {
             version: version.to_owned(),
             arch: arch.to_owned(),
@@ -372,18 +345,6 @@ async fn download_verified(
     }
     tracing::info!(url, bytes = total, sha256 = %actual, "runner tarball verified");
     Ok(())
-}
-
-/// An error and its sources, joined by ": ".
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! staging directory beside it, marked, and renamed into place (root's:
 //! `layout.rs` decides what the runner user may write), so the install dir never holds half a runner.
 
-use super::install::{io_err, InstallError};
-use super::installed::VERSION_MARKER;
+use super::error::{io_err, InstallError};
+use super::present::VERSION_MARKER;
 use std::path::{Component, Path, PathBuf};
 
 /// What a new runner version takes over from the one it replaces: `_work`
