@@ -8,7 +8,8 @@ use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION};
 use crate::pace::Pace;
 use crate::pool::Pool;
 use crate::protocol::{judge_expiry, Expiry, InstanceRecord};
-use aws_sdk_ec2::error::DisplayErrorContext;
+use crate::sdk_error::describe;
+use crate::table::TableError;
 use aws_sdk_ec2::types::Filter;
 use std::future::Future;
 use std::time::Duration;
@@ -36,11 +37,39 @@ pub enum Permission {
     Denied(String),
 }
 
+/// An EC2 call that failed, in a line (`sdk_error`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ec2 {operation}: {message}")]
+pub struct Ec2Error {
+    pub operation: &'static str,
+    pub message: String,
+}
+
+/// Why the watchdog holds off although the instance may be expired: every
+/// reason it could not read counts against terminating.
+#[derive(Debug, thiserror::Error)]
+pub enum Hold {
+    #[error("instance record unreadable: table reads are failing")]
+    ReadsFailing,
+    #[error("instance record unreadable: {0}")]
+    Unreadable(TableError),
+    #[error("no instance record in the table")]
+    NoRecord,
+    #[error("the instance record has no threshold")]
+    NoThreshold,
+    #[error("threshold {0:?} is not a timestamp")]
+    BadThreshold(String),
+    #[error("expired, but {0}")]
+    NotAllowed(String),
+    #[error(transparent)]
+    Terminate(Ec2Error),
+}
+
 /// Asking for, and carrying out, this instance's termination.
 pub trait Terminator: Send + Sync + 'static {
     /// Whether the instance may terminate itself, read now.
     fn permission(&self) -> impl Future<Output = Permission> + Send;
-    fn terminate(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn terminate(&self) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
 impl Terminator for SelfTermination {
@@ -48,7 +77,7 @@ impl Terminator for SelfTermination {
         SelfTermination::permission(self).await
     }
 
-    async fn terminate(&self) -> Result<(), String> {
+    async fn terminate(&self) -> Result<(), Ec2Error> {
         SelfTermination::terminate(self).await
     }
 }
@@ -72,7 +101,7 @@ impl SelfTermination {
             }
             Ok(TagSource::Ec2Api) => match self.describe_tag().await {
                 Ok(v) => v,
-                Err(e) => return Permission::Denied(e),
+                Err(e) => return Permission::Denied(e.to_string()),
             },
         };
         match value.as_deref().map(str::trim) {
@@ -84,7 +113,7 @@ impl SelfTermination {
         }
     }
 
-    async fn describe_tag(&self) -> Result<Option<String>, String> {
+    async fn describe_tag(&self) -> Result<Option<String>, Ec2Error> {
         let out = self
             .ec2
             .describe_tags()
@@ -102,7 +131,10 @@ impl SelfTermination {
             )
             .send()
             .await
-            .map_err(|e| format!("ec2 DescribeTags: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| Ec2Error {
+                operation: "DescribeTags",
+                message: describe(&e),
+            })?;
         Ok(out
             .tags
             .unwrap_or_default()
@@ -111,14 +143,17 @@ impl SelfTermination {
             .and_then(|t| t.value))
     }
 
-    pub async fn terminate(&self) -> Result<(), String> {
+    pub async fn terminate(&self) -> Result<(), Ec2Error> {
         self.ec2
             .terminate_instances()
             .instance_ids(&self.instance_id)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| format!("ec2 TerminateInstances: {}", DisplayErrorContext(e)))
+            .map_err(|e| Ec2Error {
+                operation: "TerminateInstances",
+                message: describe(&e),
+            })
     }
 }
 
@@ -150,9 +185,9 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
                     // survives, the next check asks again.
                     continue;
                 }
-                Err(reason) => reason,
+                Err(hold) => hold,
             };
-            if let Some(reason) = reason {
+            if let Some(reason) = reason.map(|hold| hold.to_string()) {
                 if reason != last_reason {
                     tracing::warn!(reason = %reason, "not terminating this instance");
                     last_reason = reason;
@@ -163,7 +198,7 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
 
     /// `Ok(())`: terminated. `Err(None)`: not expired. `Err(Some(why))`:
     /// expired or unsure, but not terminating, and why.
-    async fn check(&mut self) -> Result<(), Option<String>> {
+    async fn check(&mut self) -> Result<(), Option<Hold>> {
         let fresh = self
             .observations
             .borrow()
@@ -171,16 +206,12 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
             .filter(|o| o.at.elapsed() < self.interval * 2);
         let record = match fresh {
             Some(o) => o.record,
-            None if self.pace.backing_off() => {
-                return Err(Some(
-                    "instance record unreadable: table reads are failing".into(),
-                ))
-            }
+            None if self.pace.backing_off() => return Err(Some(Hold::ReadsFailing)),
             None => self
                 .pool
                 .read_instance(false)
                 .await
-                .map_err(|e| Some(format!("instance record unreadable: {e}")))?,
+                .map_err(|e| Some(Hold::Unreadable(e)))?,
         };
         self.judge(record.as_ref())?;
         // Expired on a possibly stale read: confirm with a consistent one.
@@ -188,24 +219,28 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
             .pool
             .read_instance(true)
             .await
-            .map_err(|e| Some(format!("instance record unreadable: {e}")))?;
+            .map_err(|e| Some(Hold::Unreadable(e)))?;
         self.judge(record.as_ref())?;
         match self.terminator.permission().await {
-            Permission::Allowed => self.terminator.terminate().await.map_err(Some),
-            Permission::Denied(why) => Err(Some(format!("expired, but {why}"))),
+            Permission::Allowed => self
+                .terminator
+                .terminate()
+                .await
+                .map_err(|e| Some(Hold::Terminate(e))),
+            Permission::Denied(why) => Err(Some(Hold::NotAllowed(why))),
         }
     }
 
-    fn judge(&self, record: Option<&InstanceRecord>) -> Result<(), Option<String>> {
+    fn judge(&self, record: Option<&InstanceRecord>) -> Result<(), Option<Hold>> {
         let Some(record) = record else {
-            return Err(Some("no instance record in the table".into()));
+            return Err(Some(Hold::NoRecord));
         };
         let now = self.clock.now_utc();
         match judge_expiry(record.threshold.as_deref(), now, self.grace) {
             Expiry::Expired { .. } => Ok(()),
             Expiry::NotExpired { .. } => Err(None),
-            Expiry::NoThreshold => Err(Some("the instance record has no threshold".into())),
-            Expiry::Unparseable(raw) => Err(Some(format!("threshold {raw:?} is not a timestamp"))),
+            Expiry::NoThreshold => Err(Some(Hold::NoThreshold)),
+            Expiry::Unparseable(raw) => Err(Some(Hold::BadThreshold(raw))),
         }
     }
 }
@@ -228,7 +263,7 @@ mod tests {
             self.permission.clone()
         }
 
-        async fn terminate(&self) -> Result<(), String> {
+        async fn terminate(&self) -> Result<(), Ec2Error> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }

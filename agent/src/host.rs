@@ -2,6 +2,8 @@
 //! `RunnerControl`, installed by `runner::install`, reset by `Resetter`.
 
 use crate::machine::{InstallFailure, RunnerHost, RunnerProcess};
+use crate::prerunner::PreRunnerError;
+use crate::reset::ResetError;
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerControl, RunnerError, RunningRunner};
 use std::process::ExitStatus;
@@ -46,12 +48,10 @@ impl LocalHost {
 impl RunnerHost for LocalHost {
     type Runner = RunningRunner;
 
-    async fn pre_runner(&self) -> Result<(), String> {
+    async fn pre_runner(&self) -> Result<(), PreRunnerError> {
         match &self.settings.pre_runner {
             None => Ok(()),
-            Some(pre) => crate::prerunner::run(&pre.script, pre.timeout)
-                .await
-                .map_err(|e| e.to_string()),
+            Some(pre) => crate::prerunner::run(&pre.script, pre.timeout).await,
         }
     }
 
@@ -176,7 +176,7 @@ impl RunnerHost for LocalHost {
         self.resetter.take_baseline().await
     }
 
-    async fn reset(&self) -> Result<String, String> {
+    async fn reset(&self) -> Result<String, ResetError> {
         self.resetter.run().await
     }
 

@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod ps;
 pub mod reset;
 pub mod runner;
+pub mod sdk_error;
 pub mod spot;
 pub mod state;
 pub mod status;

@@ -67,14 +67,18 @@ impl Signal {
     ];
 }
 
-impl std::str::FromStr for Signal {
-    type Err = String;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown signal {0:?}")]
+pub struct UnknownSignal(pub String);
 
-    fn from_str(s: &str) -> Result<Signal, String> {
+impl std::str::FromStr for Signal {
+    type Err = UnknownSignal;
+
+    fn from_str(s: &str) -> Result<Signal, UnknownSignal> {
         Signal::ALL
             .into_iter()
             .find(|signal| signal.as_str() == s)
-            .ok_or_else(|| format!("unknown signal {s:?}"))
+            .ok_or_else(|| UnknownSignal(s.to_owned()))
     }
 }
 

@@ -32,7 +32,7 @@ impl Status {
         self.run_id = run_id_of(phase).map(|r| shorten(&r));
     }
 
-    pub fn set_reset(&mut self, outcome: &Result<String, String>) {
+    pub fn set_reset<E: std::fmt::Display>(&mut self, outcome: &Result<String, E>) {
         self.last_reset = Some(match outcome {
             Ok(_) => "ok".to_owned(),
             Err(why) => shorten(&format!("failed: {why}")),
@@ -100,10 +100,10 @@ mod tests {
     #[test]
     fn long_reset_errors_are_cut() {
         let mut s = Status::default();
-        s.set_reset(&Err("x".repeat(5000)));
+        s.set_reset::<String>(&Err("x".repeat(5000)));
         let text = s.last_reset.clone().unwrap();
         assert!(text.starts_with("failed: x") && text.chars().count() == MAX_TEXT + 1);
-        s.set_reset(&Ok("2 containers".into()));
+        s.set_reset::<String>(&Ok("2 containers".into()));
         assert_eq!(s.last_reset.as_deref(), Some("ok"));
     }
 }

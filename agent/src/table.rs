@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::status::Status;
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
@@ -130,11 +130,7 @@ impl Table {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        self.failed(
-            operation,
-            kind_of(&err),
-            DisplayErrorContext(err).to_string(),
-        )
+        self.failed(operation, kind_of(&err), crate::sdk_error::describe(&err))
     }
 
     fn key(pk: &str, sk: &str) -> Item {
@@ -207,7 +203,7 @@ impl Table {
         {
             Ok(out) => out,
             Err(e) if e.code() == Some("AccessDeniedException") => {
-                tracing::warn!(error = %DisplayErrorContext(&e), "BatchGetItem denied by the instance role's policy; confirming claims with two GetItems from now on");
+                tracing::warn!(error = %crate::sdk_error::describe(&e), "BatchGetItem denied by the instance role's policy; confirming claims with two GetItems from now on");
                 self.batch_denied.store(true, Ordering::Relaxed);
                 return self.read_claim_and_token_apart().await;
             }

@@ -128,7 +128,9 @@ pub async fn run(config: &Path) -> ExitCode {
 /// The isolation level, one line. It fails only when hardened mode is on
 /// and jobs can become root anyway: then the firewall protects nothing.
 async fn isolation(settings: &Settings) -> Result<String, String> {
-    let facts = isolation::probe(settings.runner.user.as_deref()).await?;
+    let facts = isolation::probe(settings.runner.user.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     let level = isolation::decide(&facts);
     if settings.hardening.enabled && !level.is_isolated() {
         return Err(format!("{level}, which hardened mode cannot allow"));

@@ -115,19 +115,35 @@ pub fn parse_sudo_list(status_ok: bool, stdout: &str, stderr: &str) -> SudoRules
     }
 }
 
+/// Why the runner user's facts could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("looking up the runner user: {0}")]
+    Lookup(nix::Error),
+    #[error("runner user {0:?} does not exist")]
+    NoUser(String),
+    #[error("user name {0:?} has a NUL")]
+    BadName(String),
+    #[error("groups of {name}: {source}")]
+    Groups { name: String, source: nix::Error },
+}
+
 /// The facts about `name` (the agent's own user when `None`, as the
 /// runner then runs as the agent).
-pub async fn probe(name: Option<&str>) -> Result<Facts, String> {
+pub async fn probe(name: Option<&str>) -> Result<Facts, ProbeError> {
     let user = match name {
         Some(name) => User::from_name(name),
         None => User::from_uid(Uid::effective()),
     }
-    .map_err(|e| format!("looking up the runner user: {e}"))?
-    .ok_or_else(|| format!("runner user {:?} does not exist", name.unwrap_or("?")))?;
+    .map_err(ProbeError::Lookup)?
+    .ok_or_else(|| ProbeError::NoUser(name.unwrap_or("?").to_owned()))?;
     let c_name = std::ffi::CString::new(user.name.clone())
-        .map_err(|_| format!("user name {:?} has a NUL", user.name))?;
-    let gids = nix::unistd::getgrouplist(&c_name, user.gid)
-        .map_err(|e| format!("groups of {}: {e}", user.name))?;
+        .map_err(|_| ProbeError::BadName(user.name.clone()))?;
+    let gids =
+        nix::unistd::getgrouplist(&c_name, user.gid).map_err(|source| ProbeError::Groups {
+            name: user.name.clone(),
+            source,
+        })?;
     let mut groups = Vec::new();
     for gid in gids {
         // A gid without a name is no group a sudoers rule or docker names.

@@ -1,6 +1,7 @@
 //! Idle → registering → serving: waiting for a claim, and registering the
 //! runner for it.
 
+use super::release::remove_locally;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
 use crate::protocol::{judge_expiry, Expiry, RegistrationToken, Signal, TokenProblem};
 use crate::state::{Phase, Registration};
@@ -175,7 +176,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         let host = &self.world.host;
         if host.is_configured() {
             // Never two registrations: drop a leftover before adding one.
-            let _ = host.remove(None).await;
+            remove_locally(host, "a registration left over before config.sh").await;
         }
         self.state.registration_counter += 1;
         let name = format!(
@@ -196,7 +197,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             match events.guard(host.configure(token, &name, run_id)).await? {
                 Err(e) if attempt < CONFIGURE_ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "config.sh failed; retrying");
-                    let _ = host.remove(None).await;
+                    remove_locally(host, "config.sh failed; retrying").await;
                     events.sleep(CONFIGURE_RETRY * attempt).await?;
                     attempt += 1;
                 }
@@ -211,7 +212,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 runner_pgid: None,
             })),
             Err(e) => {
-                let _ = host.remove(None).await;
+                remove_locally(host, "config.sh failed on every attempt").await;
                 self.enter(Phase::Registering {
                     run_id: run_id.to_owned(),
                     runner_name: None,

@@ -7,6 +7,7 @@
 use super::signal::write_until_stored;
 use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
 use crate::protocol::Signal;
+use crate::reset::ResetError;
 use crate::state::Phase;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -53,7 +54,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         &mut self,
         run_id: &str,
         signal: Signal,
-        outcome: Result<String, String>,
+        outcome: Result<String, ResetError>,
         took: Duration,
     ) -> Signal {
         if let Some(check) = self.world.host.last_check() {
@@ -69,7 +70,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             }
             Err(reason) => {
                 tracing::error!(run_id, %reason, "reset failed: the instance is not clean and takes no more runs");
-                self.state.unclean = Some(reason);
+                self.state.unclean = Some(reason.to_string());
                 self.save();
                 failed(signal)
             }

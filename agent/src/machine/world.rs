@@ -3,6 +3,8 @@
 //! agent implements them with `actions/runner` (`crate::host`); the
 //! in-process tests with fakes (`tests/fakes.rs`).
 
+use crate::prerunner::PreRunnerError;
+use crate::reset::ResetError;
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerError};
 use std::future::Future;
@@ -31,7 +33,7 @@ pub trait RunnerHost: Send + Sync {
     type Runner: RunnerProcess;
 
     /// Runs the pre-runner script (nothing to run is a success).
-    fn pre_runner(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn pre_runner(&self) -> impl Future<Output = Result<(), PreRunnerError>> + Send;
     fn install(&self) -> impl Future<Output = Result<(), InstallFailure>> + Send;
     /// Installs the latest release in place of a deprecated one (no
     /// registration, no runner process); the version now installed.
@@ -66,7 +68,7 @@ pub trait RunnerHost: Send + Sync {
     fn take_baseline(&self) -> impl Future<Output = ()> + Send;
     /// Resets the instance for the next run: `Ok` with a summary, or why it
     /// is not clean.
-    fn reset(&self) -> impl Future<Output = Result<String, String>> + Send;
+    fn reset(&self) -> impl Future<Output = Result<String, ResetError>> + Send;
     /// The clean-slate check of the last reset, if it got that far.
     fn last_check(&self) -> Option<crate::state::CheckRecord> {
         None

@@ -124,13 +124,15 @@ impl Resetter {
                 .docker
                 .inventory()
                 .await
-                .map_err(unclean(Invariant::Docker))?;
+                .map_err(|e| unclean(Invariant::Docker)(e.to_string()))?;
             let images_too = s.images == crate::config::ImageMode::Baseline;
             let extra = now.beyond(baseline, images_too);
             none(Invariant::Docker, "not in the baseline", &extra)?;
         }
-        let room = health::room(&self.runner_volume()).map_err(unclean(Invariant::Room))?;
-        health::verdict(room, s.min_free_space, s.min_free_inodes).map_err(unclean(Invariant::Room))
+        let room = health::room(&self.runner_volume())
+            .map_err(|e| unclean(Invariant::Room)(e.to_string()))?;
+        health::verdict(room, s.min_free_space, s.min_free_inodes)
+            .map_err(|e| unclean(Invariant::Room)(e.to_string()))
     }
 
     fn check_processes(&self) -> Result<(), Unclean> {

@@ -96,6 +96,28 @@ pub struct Cleaned {
     pub swarm_left: bool,
 }
 
+/// A docker CLI call that failed, or a clean-up that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("{call}: no answer in {CALL_TIMEOUT:?}")]
+    NoAnswer { call: String },
+    #[error("{call}: {source}")]
+    Spawn {
+        call: String,
+        source: std::io::Error,
+    },
+    #[error("{call}: {status}: {stderr}")]
+    Failed {
+        call: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("docker image inspect: unexpected line {0:?}")]
+    Listing(String),
+    #[error("docker: still there after {ROUNDS} rounds of removal: {}", .0.join(", "))]
+    Left(Vec<String>),
+}
+
 impl Docker {
     /// Whether the CLI is installed at all (no CLI: docker is not used).
     pub fn installed(&self) -> bool {
@@ -107,7 +129,7 @@ impl Docker {
         })
     }
 
-    async fn call(&self, args: &[&str]) -> Result<String, String> {
+    async fn call(&self, args: &[&str]) -> Result<String, DockerError> {
         let mut command = Command::new(&self.cli);
         if let Some(host) = &self.host {
             command.args(["--host", host]);
@@ -118,19 +140,25 @@ impl Docker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let what = format!("docker {}", args.join(" "));
+        let call = || format!("docker {}", args.join(" "));
         let out = tokio::time::timeout(CALL_TIMEOUT, command.output())
             .await
-            .map_err(|_| format!("{what}: no answer in {CALL_TIMEOUT:?}"))?
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|_| DockerError::NoAnswer { call: call() })?
+            .map_err(|source| DockerError::Spawn {
+                call: call(),
+                source,
+            })?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("{what}: {}: {}", out.status, stderr.trim()));
+            return Err(DockerError::Failed {
+                call: call(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn ids(&self, args: &[&str]) -> Result<Vec<String>, String> {
+    async fn ids(&self, args: &[&str]) -> Result<Vec<String>, DockerError> {
         Ok(self
             .call(args)
             .await?
@@ -142,7 +170,7 @@ impl Docker {
     }
 
     /// The daemon's version, if it answers.
-    pub async fn ping(&self) -> Result<String, String> {
+    pub async fn ping(&self) -> Result<String, DockerError> {
         Ok(self
             .call(&["version", "--format", "{{.Server.Version}}"])
             .await?
@@ -150,7 +178,7 @@ impl Docker {
             .to_owned())
     }
 
-    pub async fn inventory(&self) -> Result<Inventory, String> {
+    pub async fn inventory(&self) -> Result<Inventory, DockerError> {
         let swarm = self
             .call(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
             .await?;
@@ -198,7 +226,11 @@ impl Docker {
     /// nothing of the run's (a container holding the socket may start
     /// more while we remove), at most `ROUNDS`. Required: a failure here
     /// fails the reset.
-    pub async fn clean(&self, baseline: &Inventory, images_too: bool) -> Result<Cleaned, String> {
+    pub async fn clean(
+        &self,
+        baseline: &Inventory,
+        images_too: bool,
+    ) -> Result<Cleaned, DockerError> {
         let mut cleaned = Cleaned::default();
         for round in 1..=ROUNDS {
             let now = self.inventory().await?;
@@ -213,10 +245,7 @@ impl Docker {
         if left.is_empty() {
             Ok(cleaned)
         } else {
-            Err(format!(
-                "docker: still there after {ROUNDS} rounds of removal: {}",
-                left.join(", ")
-            ))
+            Err(DockerError::Left(left))
         }
     }
 
@@ -226,7 +255,7 @@ impl Docker {
         baseline: &Inventory,
         images_too: bool,
         cleaned: &mut Cleaned,
-    ) -> Result<(), String> {
+    ) -> Result<(), DockerError> {
         if now.swarm && !baseline.swarm {
             // Leaving takes the node's services and their tasks along.
             self.call(&["swarm", "leave", "--force"]).await?;
@@ -303,7 +332,7 @@ impl Docker {
         &self,
         cap: u64,
         protected: &BTreeSet<String>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, DockerError> {
         let ids = self.ids(&["image", "ls", "-q", "--no-trunc"]).await?;
         if ids.is_empty() {
             return Ok(0);
@@ -338,7 +367,7 @@ impl Docker {
     }
 
     /// Prunes the build cache down to `cap` bytes.
-    pub async fn cap_build_cache(&self, cap: u64) -> Result<(), String> {
+    pub async fn cap_build_cache(&self, cap: u64) -> Result<(), DockerError> {
         let keep = cap.to_string();
         self.call(&["builder", "prune", "-f", "--keep-storage", &keep])
             .await
@@ -347,7 +376,7 @@ impl Docker {
 }
 
 /// `<id> <size> <created>` lines; the RFC 3339 timestamps sort as text.
-fn parse_images(listing: &str) -> Result<Vec<(String, u64, String)>, String> {
+fn parse_images(listing: &str) -> Result<Vec<(String, u64, String)>, DockerError> {
     listing
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -361,7 +390,7 @@ fn parse_images(listing: &str) -> Result<Vec<(String, u64, String)>, String> {
                 (Some(id), Some(Ok(size)), Some(created)) => {
                     Ok((id.to_owned(), size, created.to_owned()))
                 }
-                _ => Err(format!("docker image inspect: unexpected line {line:?}")),
+                _ => Err(DockerError::Listing(line.to_owned())),
             }
         })
         .collect()
@@ -390,7 +419,7 @@ mod tests {
             host: None,
         };
         assert!(!docker.installed());
-        let err = docker.ping().await.unwrap_err();
+        let err = docker.ping().await.unwrap_err().to_string();
         assert!(err.starts_with("docker version"), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 pub mod cgroup;
 mod check;
 mod docker;
+mod error;
 mod files;
 pub mod health;
 mod home;
@@ -18,6 +19,7 @@ use crate::config::{DockerMode, ImageMode, ResetSettings, Settings};
 use crate::runner::user::RunnerUser;
 use cgroup::RunnerCgroup;
 use docker::{Docker, Inventory};
+pub use error::ResetError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -168,14 +170,14 @@ impl Resetter {
 
     /// Runs every step within the configured time; `Ok` carries a summary
     /// for the log, `Err` the reason the instance is not clean.
-    pub async fn run(&self) -> Result<String, String> {
+    pub async fn run(&self) -> Result<String, ResetError> {
         if !self.settings.enabled {
             return Ok("reset disabled by config".into());
         }
         let timeout = self.settings.timeout;
         tokio::time::timeout(timeout, self.steps())
             .await
-            .map_err(|_| format!("the reset did not finish within {timeout:?}"))?
+            .map_err(|_| ResetError::TimedOut(timeout))?
     }
 
     pub fn last_check(&self) -> Option<crate::state::CheckRecord> {
@@ -185,7 +187,7 @@ impl Resetter {
             .clone()
     }
 
-    async fn steps(&self) -> Result<String, String> {
+    async fn steps(&self) -> Result<String, ResetError> {
         let started = std::time::Instant::now();
         let baseline = self.load_baseline().unwrap_or_default();
         let mut done = vec![self.processes().await?];
@@ -198,14 +200,15 @@ impl Resetter {
             // A link the job put where `_work` or `_diag` belongs was
             // removed above; the runner needs the directories back.
             crate::runner::layout::user_dirs(&self.install_dir, user)
-                .map_err(|e| format!("restoring the runner user's directories: {e}"))?;
-            let cleared = persist::clear(user, &persist::Places::default())
-                .map_err(|e| format!("removing the runner user's scheduled jobs: {e}"))?;
+                .map_err(ResetError::step("restoring the runner user's directories"))?;
+            let cleared = persist::clear(user, &persist::Places::default()).map_err(
+                ResetError::step("removing the runner user's scheduled jobs"),
+            )?;
             done.push(format!("{cleared} removed"));
             // Whatever cron or at started since the first sweep.
             procs::kill_user(user.uid)
                 .await
-                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
+                .map_err(ResetError::step("killing the runner user's processes"))?;
         }
         let checked = std::time::Instant::now();
         let verdict = self.check(docker.as_ref()).await;
@@ -219,7 +222,7 @@ impl Resetter {
                     .err()
                     .map(|e| format!("{}: {}", e.invariant, e.detail)),
             });
-        verdict.map_err(|e| e.to_string())?;
+        verdict?;
         let room = health::room(&self.runner_volume())?;
         done.push(format!(
             "checked clean in {} ms; {} and {} inodes free",
@@ -232,15 +235,15 @@ impl Resetter {
 
     /// The run's files: `_work` (but for what is kept), the hooks' marker
     /// dir, `_diag` rotated, the home, the user's temp files.
-    fn files(&self, baseline: &Baseline) -> Result<String, String> {
+    fn files(&self, baseline: &Baseline) -> Result<String, ResetError> {
         let s = &self.settings;
         let work = files::empty(&self.install_dir, "_work", &s.keep_work)
-            .map_err(|e| format!("emptying _work: {e}"))?;
+            .map_err(ResetError::step("emptying _work"))?;
         let hooks = Path::new(crate::runner::HOOK_DIR).join(crate::runner::JOB_DIR);
         files::empty(&self.install_dir, &hooks.to_string_lossy(), &[])
-            .map_err(|e| format!("emptying {}: {e}", hooks.display()))?;
+            .map_err(ResetError::step(format!("emptying {}", hooks.display())))?;
         let diag = files::rotate_diag(&self.install_dir, s.diag_keep, s.diag_max_size)
-            .map_err(|e| format!("rotating _diag: {e}"))?;
+            .map_err(ResetError::step("rotating _diag"))?;
         let home = match (&self.home, &self.home_store) {
             (Some(home), Some(store)) => {
                 let restore = || -> Result<home::Restored, home::HomeError> {
@@ -249,19 +252,19 @@ impl Resetter {
                     store.save(&recorded)?;
                     Ok(done)
                 };
-                let done = restore().map_err(|e| format!("restoring the runner's home: {e}"))?;
+                let done = restore().map_err(ResetError::step("restoring the runner's home"))?;
                 format!("home: {} removed, {} put back", done.removed, done.restored)
             }
             (Some(home), None) => {
                 let n = files::clean_home(home, &s.home_paths, &baseline.ssh)
-                    .map_err(|e| format!("cleaning the runner's home: {e}"))?;
+                    .map_err(ResetError::step("cleaning the runner's home"))?;
                 format!("{n} home paths removed")
             }
             (None, _) => "no home".to_owned(),
         };
         let temp = match &self.user {
             Some(user) => files::clean_temp(&s.temp_dirs, user.uid.as_raw())
-                .map_err(|e| format!("removing the runner user's temp files: {e}"))?,
+                .map_err(ResetError::step("removing the runner user's temp files"))?,
             None => 0,
         };
         Ok(format!(
@@ -282,26 +285,26 @@ impl Resetter {
     /// Every process of the run: the cgroup, else the process groups that
     /// work in the runner directory; then, with a dedicated user, all of
     /// that user's.
-    async fn processes(&self) -> Result<String, String> {
+    async fn processes(&self) -> Result<String, ResetError> {
         let mut summary = match &self.cgroup {
             Some(cgroup) => {
                 let n = cgroup
                     .kill_all()
                     .await
-                    .map_err(|e| format!("killing the runner's cgroup: {e}"))?;
+                    .map_err(ResetError::step("killing the runner's cgroup"))?;
                 format!("{n} processes killed (cgroup)")
             }
             None => {
                 let n = crate::runner::tree::stop_groups_in(&self.install_dir, self.stop_timeout)
                     .await
-                    .map_err(|e| format!("looking for the run's processes: {e}"))?;
+                    .map_err(ResetError::step("looking for the run's processes"))?;
                 format!("{n} process groups stopped (no cgroup)")
             }
         };
         if let Some(user) = &self.user {
             let n = procs::kill_user(user.uid)
                 .await
-                .map_err(|e| format!("killing the runner user's processes: {e}"))?;
+                .map_err(ResetError::step("killing the runner user's processes"))?;
             summary.push_str(&format!(", {n} more of user {}", user.name));
         }
         Ok(summary)
@@ -309,7 +312,7 @@ impl Resetter {
 
     /// The inventory to keep when docker is to be cleaned; `None` when
     /// docker is not used here.
-    async fn docker_in_use(&self, baseline: &Baseline) -> Result<Option<Inventory>, String> {
+    async fn docker_in_use(&self, baseline: &Baseline) -> Result<Option<Inventory>, ResetError> {
         let mode = self.settings.docker;
         if mode == DockerMode::Off || (mode == DockerMode::Auto && !self.docker.installed()) {
             return Ok(None);
@@ -318,13 +321,13 @@ impl Resetter {
             Ok(_) => Ok(Some(baseline.docker.clone().unwrap_or_default())),
             // It answered before: jobs may have left things in it.
             Err(e) if mode == DockerMode::Required || baseline.docker.is_some() => {
-                Err(format!("docker does not answer: {e}"))
+                Err(ResetError::DockerDown(e))
             }
             Err(_) => Ok(None),
         }
     }
 
-    async fn docker_steps(&self, baseline: &Inventory) -> Result<String, String> {
+    async fn docker_steps(&self, baseline: &Inventory) -> Result<String, ResetError> {
         let images_too = self.settings.images == ImageMode::Baseline;
         let cleaned = self.docker.clean(baseline, images_too).await?;
         // The caches: over their caps they shrink; a failure to shrink is
@@ -349,10 +352,7 @@ impl Resetter {
             tracing::warn!(error = %e, "pruning the build cache");
         }
         // Health: the daemon still answers for the next run.
-        self.docker
-            .ping()
-            .await
-            .map_err(|e| format!("docker stopped answering after the clean-up: {e}"))?;
+        self.docker.ping().await.map_err(ResetError::DockerGone)?;
         Ok(format!(
             "docker: {} containers, {} volumes, {} networks, {} images removed, {} tags restored{} in {} rounds",
             cleaned.containers,

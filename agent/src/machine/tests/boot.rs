@@ -30,7 +30,7 @@ async fn boot_signals_ud_ok_then_registers_the_initial_claim() {
 #[tokio::test(start_paused = true)]
 async fn failing_pre_runner_signals_ud_failed_never_registers_and_stops_the_heartbeat() {
     let mut h = Harness::new();
-    h.host.lock().pre_runner = Some(Err("exit status 3".into()));
+    h.host.lock().pre_runner = Some(Err(3));
     h.pool.claim(INITIAL_RUN);
     h.start();
     h.wait_signal(Signal::Failed, INITIAL_RUN).await;

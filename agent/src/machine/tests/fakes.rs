@@ -2,7 +2,9 @@
 //! tokio's (paused in the tests); the wall clock follows it.
 
 use crate::machine::{Clock, InstallFailure, Pool, RunnerHost, RunnerProcess};
+use crate::prerunner::PreRunnerError;
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
+use crate::reset::ResetError;
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerError};
 use crate::status::Status;
@@ -247,7 +249,8 @@ pub fn failed(what: &'static str, code: i32) -> RunnerError {
 
 #[derive(Default)]
 pub struct HostState {
-    pub pre_runner: Option<Result<(), String>>,
+    /// The pre-runner script's exit code when it fails.
+    pub pre_runner: Option<Result<(), i32>>,
     pub pre_runner_runs: usize,
     pub pre_runner_delay: Duration,
     pub installs: VecDeque<Result<(), InstallFailure>>,
@@ -278,7 +281,7 @@ pub struct HostState {
     pub worker_running: bool,
     pub hooks_written: bool,
     /// Outcomes of the next resets; empty: success.
-    pub reset_results: VecDeque<Result<String, String>>,
+    pub reset_results: VecDeque<Result<String, ResetError>>,
     pub reset_delay: Duration,
     pub resets: usize,
     /// At each reset: deregistrations so far, and runners still running.
@@ -346,14 +349,17 @@ impl FakeHost {
 impl RunnerHost for FakeHost {
     type Runner = FakeRunner;
 
-    async fn pre_runner(&self) -> Result<(), String> {
+    async fn pre_runner(&self) -> Result<(), PreRunnerError> {
         let (delay, outcome) = {
             let mut s = self.lock();
             s.pre_runner_runs += 1;
-            (s.pre_runner_delay, s.pre_runner.clone().unwrap_or(Ok(())))
+            (s.pre_runner_delay, s.pre_runner.unwrap_or(Ok(())))
         };
         tokio::time::sleep(delay).await;
-        outcome
+        outcome.map_err(|code| PreRunnerError::Failed {
+            path: "pre-runner.sh".into(),
+            status: ExitStatus::from_raw(code << 8),
+        })
     }
 
     async fn install(&self) -> Result<(), InstallFailure> {
@@ -458,7 +464,7 @@ impl RunnerHost for FakeHost {
         self.lock().baselines += 1;
     }
 
-    async fn reset(&self) -> Result<String, String> {
+    async fn reset(&self) -> Result<String, ResetError> {
         let running = self.running().len();
         let delay = {
             let mut s = self.lock();

@@ -94,7 +94,9 @@ async fn the_lifecycle_is_counted() {
     h.host
         .lock()
         .reset_results
-        .push_back(Err("docker unreachable".into()));
+        .push_back(Err(crate::reset::ResetError::TimedOut(
+            Duration::from_secs(600),
+        )));
     h.pool.release();
     h.wait_signal(Signal::RemoveRegRemoveRunFailed, "2000-1")
         .await;

@@ -3,6 +3,7 @@
 //! a reset cut short (SIGKILL, SIGTERM) is finished before any signal.
 
 use super::*;
+use crate::reset::ResetError;
 
 const NEXT_RUN: &str = "2000";
 
@@ -42,13 +43,16 @@ async fn a_failed_reset_is_signalled_and_every_later_claim_is_refused() {
     h.host
         .lock()
         .reset_results
-        .push_back(Err("docker does not answer".into()));
+        .push_back(Err(ResetError::TimedOut(Duration::from_secs(600))));
     h.pool.release();
     h.wait_signal(Signal::RemoveRegRemoveRunFailed, INITIAL_RUN)
         .await;
     assert_eq!(h.pool.count(Signal::RemoveRegRemoveRunOk, INITIAL_RUN), 0);
     h.wait_phase("idle").await;
-    assert_eq!(h.saved().unclean.as_deref(), Some("docker does not answer"));
+    assert_eq!(
+        h.saved().unclean.as_deref(),
+        Some("the reset did not finish within 600s")
+    );
     let configures = h.host.lock().configures.len();
     h.pool.claim(NEXT_RUN);
     h.wait_signal(Signal::RegFailed, NEXT_RUN).await;

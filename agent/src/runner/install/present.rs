@@ -7,7 +7,8 @@ use crate::config::parse_runner_version;
 use crate::runner::pid::Pgid;
 use crate::runner::process::GroupKillGuard;
 use crate::runner::user::{self, RunnerUser};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
@@ -73,6 +74,27 @@ pub async fn find(dir: &Path, owner: Option<&RunnerUser>) -> Option<Found> {
     }
 }
 
+/// Why an existing listener gave no version.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("starting {}: {source}", path.display())]
+    Start {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Wait {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Runner.Listener --version: no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("Runner.Listener --version: {status}: {stderr}")]
+    Failed { status: ExitStatus, stderr: String },
+    #[error("Runner.Listener --version answered {0:?}, not a version")]
+    NotAVersion(String),
+}
+
 /// Runs `<dir>/bin/Runner.Listener --version` (which prints the bare
 /// version and needs no configuration). `Ok(None)` when there is no
 /// listener; `Err` says why an existing one gave no version.
@@ -85,7 +107,7 @@ pub async fn probe_version(
     dir: &Path,
     owner: Option<&RunnerUser>,
     timeout: Duration,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ProbeError> {
     let listener = dir.join("bin/Runner.Listener");
     if !listener.is_file() {
         return Ok(None);
@@ -102,34 +124,28 @@ pub async fn probe_version(
         .env_remove("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT");
     crate::runner::process::scrub_env(&mut command);
     user::confine(command.as_std_mut(), owner, Vec::new());
-    let child = command
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", listener.display()))?;
+    let child = command.spawn().map_err(|source| ProbeError::Start {
+        path: listener.clone(),
+        source,
+    })?;
     // Whatever the listener leaves running, on time or not, dies here.
     let _guard = GroupKillGuard(Pgid::of_child(&child));
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(output) => output.map_err(|e| format!("{}: {e}", listener.display()))?,
-        Err(_) => {
-            return Err(format!(
-                "Runner.Listener --version: no answer within {timeout:?}"
-            ))
-        }
+        Ok(output) => output.map_err(|source| ProbeError::Wait {
+            path: listener.clone(),
+            source,
+        })?,
+        Err(_) => return Err(ProbeError::NoAnswer(timeout)),
     };
     if !output.status.success() {
-        return Err(format!(
-            "Runner.Listener --version: {}: {}",
-            output.status,
-            excerpt(&output.stderr)
-        ));
+        return Err(ProbeError::Failed {
+            status: output.status,
+            stderr: excerpt(&output.stderr),
+        });
     }
     parse_version_output(&output.stdout)
         .map(Some)
-        .ok_or_else(|| {
-            format!(
-                "Runner.Listener --version answered {:?}, not a version",
-                excerpt(&output.stdout)
-            )
-        })
+        .ok_or_else(|| ProbeError::NotAVersion(excerpt(&output.stdout)))
 }
 
 /// The version in the listener's answer: its one line that is a bare
@@ -202,7 +218,7 @@ mod tests {
     async fn the_listener_is_asked_in_its_directory() {
         let dir = runner_dir("[ \"$1\" = --version ] && [ -d bin ] && echo 2.336.0");
         let got = probe_version(dir.path(), None, PROBE_TIMEOUT).await;
-        assert_eq!(got, Ok(Some("2.336.0".into())));
+        assert_eq!(got.unwrap(), Some("2.336.0".into()));
         assert_eq!(
             find(dir.path(), None).await,
             Some(Found {
@@ -225,8 +241,10 @@ mod tests {
     async fn no_listener_a_failing_one_or_a_wrong_answer_is_no_version() {
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
-            probe_version(empty.path(), None, PROBE_TIMEOUT).await,
-            Ok(None)
+            probe_version(empty.path(), None, PROBE_TIMEOUT)
+                .await
+                .unwrap(),
+            None
         );
         assert_eq!(find(empty.path(), None).await, None);
         for (body, why) in [
@@ -239,7 +257,8 @@ mod tests {
             let dir = runner_dir(body);
             let err = probe_version(dir.path(), None, PROBE_TIMEOUT)
                 .await
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{body}: {err}");
             assert_eq!(find(dir.path(), None).await, None);
         }
@@ -251,7 +270,8 @@ mod tests {
         let started = std::time::Instant::now();
         let err = probe_version(dir.path(), None, Duration::from_millis(500))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no answer within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
         let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))

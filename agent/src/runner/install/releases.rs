@@ -135,9 +135,9 @@ pub async fn tag_digest(
         ["repos", "actions", "runner", "releases", "tags", &tag],
     );
     let body = get_json(http, &url).await?;
-    asset_digest(&body, asset).map_err(|message| InstallError::ReleaseApi {
+    asset_digest(&body, asset).map_err(|e| InstallError::ReleaseApi {
         url: url.to_string(),
-        message,
+        message: e.to_string(),
     })
 }
 
@@ -150,9 +150,9 @@ pub async fn latest(
 ) -> Result<Release, InstallError> {
     let url = http_url::join_segments(api, ["repos", "actions", "runner", "releases", "latest"]);
     let body = get_json(http, &url).await?;
-    latest_release(&body, arch).map_err(|message| InstallError::ReleaseApi {
+    latest_release(&body, arch).map_err(|e| InstallError::ReleaseApi {
         url: url.to_string(),
-        message,
+        message: e.to_string(),
     })
 }
 
@@ -181,16 +181,29 @@ async fn get_json(http: &reqwest::Client, url: &Url) -> Result<serde_json::Value
     serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
 }
 
+/// What a release API answer lacks.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("no tag_name in the answer")]
+    NoTag,
+    #[error("tag {0:?} is not v<version>")]
+    BadTag(String),
+    #[error("no asset {0}")]
+    NoAsset(String),
+    #[error("no digest for asset {0}")]
+    NoDigest(String),
+    #[error("digest {0:?} is not sha256:<64 hex>")]
+    BadDigest(String),
+}
+
 /// From a `releases/latest` answer: the version in `tag_name` (`v2.x.y`)
 /// and the digest of that version's tarball for `arch`.
-fn latest_release(body: &serde_json::Value, arch: &str) -> Result<Release, String> {
-    let tag = body["tag_name"]
-        .as_str()
-        .ok_or_else(|| "no tag_name in the answer".to_owned())?;
+fn latest_release(body: &serde_json::Value, arch: &str) -> Result<Release, AnswerError> {
+    let tag = body["tag_name"].as_str().ok_or(AnswerError::NoTag)?;
     let version = tag
         .strip_prefix('v')
         .filter(|v| parse_runner_version(v).is_some())
-        .ok_or_else(|| format!("tag {tag:?} is not v<version>"))?;
+        .ok_or_else(|| AnswerError::BadTag(tag.to_owned()))?;
     let sha256 = asset_digest(body, &tarball_name(version, arch))?;
     Ok(Release {
         version: version.to_owned(),
@@ -199,17 +212,17 @@ fn latest_release(body: &serde_json::Value, arch: &str) -> Result<Release, Strin
 }
 
 /// The `digest` (`sha256:<hex>`) of the asset called `asset`.
-fn asset_digest(body: &serde_json::Value, asset: &str) -> Result<String, String> {
+fn asset_digest(body: &serde_json::Value, asset: &str) -> Result<String, AnswerError> {
     let digest = body["assets"]
         .as_array()
         .and_then(|assets| assets.iter().find(|a| a["name"] == asset))
-        .ok_or_else(|| format!("no asset {asset}"))?["digest"]
+        .ok_or_else(|| AnswerError::NoAsset(asset.to_owned()))?["digest"]
         .as_str()
-        .ok_or_else(|| format!("no digest for asset {asset}"))?;
+        .ok_or_else(|| AnswerError::NoDigest(asset.to_owned()))?;
     digest
         .strip_prefix("sha256:")
         .and_then(|hex| parse_sha256_hex(hex).ok())
-        .ok_or_else(|| format!("digest {digest:?} is not sha256:<64 hex>"))
+        .ok_or_else(|| AnswerError::BadDigest(digest.to_owned()))
 }
 
 #[cfg(test)]
@@ -272,7 +285,7 @@ mod tests {
         );
         let err = latest_release(&answer("v2.336.0", &format!("sha256:{hex}")), "arm64");
         assert_eq!(
-            err.unwrap_err(),
+            err.unwrap_err().to_string(),
             "no asset actions-runner-linux-arm64-2.336.0.tar.gz"
         );
     }
@@ -291,7 +304,7 @@ mod tests {
                 "no digest for asset",
             ),
         ] {
-            let err = latest_release(&body, "x64").unwrap_err();
+            let err = latest_release(&body, "x64").unwrap_err().to_string();
             assert!(err.contains(why), "{body}: {err}");
         }
     }
