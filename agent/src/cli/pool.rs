@@ -2,6 +2,7 @@
 //! an operator's machine with their credentials, or on an instance; needs
 //! no agent configuration.
 
+use crate::config::parse_duration;
 use crate::inspect::{snapshot, view};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ pub struct PoolArgs {
     #[arg(long)]
     region: Option<String>,
     /// Refresh every interval (e.g. `5s`) until interrupted.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     watch: Option<Duration>,
     /// One JSON document per refresh on stdout.
     #[arg(long)]
@@ -51,6 +52,33 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<ExitCode> {
         match args.watch {
             Some(every) => tokio::time::sleep(every).await,
             None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::time::Duration;
+
+    fn watch(every: &str) -> Result<Option<Duration>, clap::Error> {
+        let argv = ["runner-agent", "pool", "--table", "acme-widgets-pool"];
+        let cli = Cli::try_parse_from(argv.into_iter().chain(["--watch", every]))?;
+        match cli.command {
+            Command::Pool(args) => Ok(args.watch),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `--watch` reads a duration as the config does: humantime alone
+    /// would take `1 0s` for ten seconds.
+    #[test]
+    fn watch_takes_a_duration_as_the_config_does() {
+        assert_eq!(watch("5s").unwrap(), Some(Duration::from_secs(5)));
+        for bad in ["1 0s", "5", "8d"] {
+            let err = watch(bad).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
         }
     }
 }

@@ -14,7 +14,8 @@ pub mod isolation;
 
 use crate::config::{HardeningSettings, Settings};
 use crate::runner::user::RunnerUser;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use runner_agent_common::http_url;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -48,8 +49,9 @@ pub fn blocked_addresses(
 ) -> anyhow::Result<Vec<IpAddr>> {
     let mut addresses = settings.metadata_addresses.clone();
     if let Some(endpoint) = endpoint.filter(|e| !e.trim().is_empty()) {
-        let url = reqwest::Url::parse(endpoint.trim())
-            .with_context(|| format!("{ENDPOINT_ENV}={endpoint:?} is not a URL"))?;
+        // The SDK reaches IMDS over http(s) only, so the common parser's
+        // refusals are of endpoints the agent could not use either.
+        let url = http_url::parse(endpoint.trim()).map_err(|e| anyhow!("{ENDPOINT_ENV}: {e}"))?;
         let Some(host) = url.host_str() else {
             bail!("{ENDPOINT_ENV}={endpoint:?} has no host");
         };
@@ -157,7 +159,9 @@ mod tests {
         assert_eq!(got.len(), 2, "no duplicates: {got:?}");
         let got = blocked_addresses(&s, Some("http://localhost:1338")).unwrap();
         assert!(got.iter().any(|a| a.is_loopback()), "{got:?}");
-        assert!(blocked_addresses(&s, Some("not a url")).is_err());
+        for bad in ["not a url", "https:127.0.0.9", "ftp://127.0.0.9/"] {
+            assert!(blocked_addresses(&s, Some(bad)).is_err(), "{bad}");
+        }
         assert_eq!(blocked_addresses(&s, Some("")).unwrap().len(), 2);
     }
 

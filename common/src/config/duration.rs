@@ -1,5 +1,6 @@
-//! Durations in the config, in `humantime`'s syntax: `250ms`, `5s`, `2m`,
-//! `1h30m`.
+//! Durations in the config and on the command line (`pool --watch`), in
+//! `humantime`'s syntax: `250ms`, `5s`, `2m`, `1h30m`. The one duration
+//! parser: nothing else calls humantime.
 
 use std::time::Duration;
 

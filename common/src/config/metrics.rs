@@ -2,10 +2,11 @@
 //! are off by default: a Prometheus scrape endpoint (`listen`) and a
 //! node_exporter textfile (`textfile`); docs/operations.md, "Metrics".
 
+use super::keys::Keys;
 use super::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,47 +23,38 @@ pub struct MetricsSettings {
     pub textfile: Option<PathBuf>,
 }
 
-pub(super) fn validate_metrics(
-    path: &Path,
-    raw: RawMetrics,
-) -> Result<MetricsSettings, ConfigError> {
-    let invalid = |key: &str, reason: String| ConfigError::Invalid {
-        path: path.to_owned(),
-        key: format!("metrics.{key}"),
-        reason,
-    };
-    let listen = match raw.listen.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "listen",
-                format!("{text:?} is not an address and port like 127.0.0.1:9464"),
-            )
-        })?),
-    };
-    let textfile = match raw.textfile {
-        None => None,
-        Some(file) if file.as_os_str().is_empty() => None,
-        Some(file) => {
-            if !file.is_absolute() {
-                return Err(invalid(
-                    "textfile",
-                    format!("{} is not an absolute path", file.display()),
-                ));
-            }
-            // The collector reads `*.prom` only: any other name would be
-            // written and never collected.
-            if file.extension().is_none_or(|e| e != "prom") {
-                return Err(invalid(
-                    "textfile",
-                    format!(
-                        "{}: node_exporter's textfile collector reads only *.prom files",
-                        file.display()
-                    ),
-                ));
-            }
-            Some(file)
-        }
-    };
-    Ok(MetricsSettings { listen, textfile })
+impl RawMetrics {
+    pub(super) fn into_settings(self, at: &Keys) -> Result<MetricsSettings, ConfigError> {
+        let listen = match self.listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                at.invalid(
+                    "listen",
+                    format!("{text:?} is not an address and port like 127.0.0.1:9464"),
+                )
+            })?),
+        };
+        let textfile = match self.textfile {
+            None => None,
+            Some(file) if file.as_os_str().is_empty() => None,
+            Some(file) => Some(textfile(at, file)?),
+        };
+        Ok(MetricsSettings { listen, textfile })
+    }
+}
+
+fn textfile(at: &Keys, file: PathBuf) -> Result<PathBuf, ConfigError> {
+    let file = at.absolute("textfile", file)?;
+    // The collector reads `*.prom` only: any other name would be written
+    // and never collected.
+    if file.extension().is_none_or(|e| e != "prom") {
+        return Err(at.invalid(
+            "textfile",
+            format!(
+                "{}: node_exporter's textfile collector reads only *.prom files",
+                file.display()
+            ),
+        ));
+    }
+    Ok(file)
 }

@@ -7,28 +7,36 @@
 //! everything else a string; they are applied before validation, so a bad
 //! override is reported with its key like a bad file entry.
 
+mod agent;
 mod duration;
 mod env;
+mod github;
+mod hardening;
+mod keys;
 mod metrics;
 mod raw;
 mod reset;
+mod runner;
+mod timing;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
+pub use agent::PreRunner;
 pub use duration::parse_duration;
+pub use github::GithubRepo;
+pub use hardening::HardeningSettings;
 pub use metrics::MetricsSettings;
 pub use reset::{
-    parse_size, DockerMode, HardeningSettings, ImageMode, ResetSettings, DEFAULT_HOME_PATHS,
-    DEFAULT_TEMP_DIRS,
+    parse_size, DockerMode, ImageMode, ResetSettings, DEFAULT_HOME_PATHS, DEFAULT_TEMP_DIRS,
 };
-pub use validate::{is_table_name, parse_runner_version};
+pub use runner::{parse_runner_version, RunnerSettings, RunnerVersion};
+pub use timing::Timing;
+pub use validate::is_table_name;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use url::Url;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runner-agent/config.toml";
 /// The unit's `StateDirectory=`.
@@ -71,102 +79,6 @@ pub struct Settings {
     pub reset: ResetSettings,
     pub hardening: HardeningSettings,
     pub metrics: MetricsSettings,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GithubRepo {
-    pub owner: String,
-    pub repo: String,
-    /// `https://github.com` or a GitHub Enterprise Server base.
-    pub server: String,
-}
-
-impl GithubRepo {
-    pub fn url(&self) -> String {
-        format!("{}/{}/{}", self.server, self.owner, self.repo)
-    }
-}
-
-/// `runner.version`: a release, or whatever the release API calls the
-/// latest one at the time of the install.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunnerVersion {
-    /// Three dot-separated numbers, e.g. `2.331.0`.
-    Pinned(String),
-    Latest,
-}
-
-impl RunnerVersion {
-    pub fn pinned(&self) -> Option<&str> {
-        match self {
-            RunnerVersion::Pinned(v) => Some(v),
-            RunnerVersion::Latest => None,
-        }
-    }
-}
-
-impl std::fmt::Display for RunnerVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.pinned().unwrap_or("latest"))
-    }
-}
-
-impl PartialEq<&str> for RunnerVersion {
-    fn eq(&self, other: &&str) -> bool {
-        match self {
-            RunnerVersion::Pinned(v) => v == other,
-            RunnerVersion::Latest => *other == "latest",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RunnerSettings {
-    pub version: RunnerVersion,
-    /// 64 lower-case hexadecimal characters; never with `latest`.
-    pub sha256: Option<String>,
-    pub install_dir: PathBuf,
-    /// `None`: the runner runs as the agent's own user.
-    pub user: Option<String>,
-    /// An http(s) URL; tarballs are at `<base>/v<version>/<name>`.
-    pub release_base_url: Url,
-    /// The release API, asked for a pinned tarball's digest when neither
-    /// the config nor the built-in table has one. With `latest` it is
-    /// always set (`DEFAULT_RELEASE_API_URL` unless configured).
-    pub release_api_url: Option<Url>,
-    pub allow_run_as_root: bool,
-    pub stop_timeout: Duration,
-    pub labels_extra: Vec<String>,
-}
-
-impl RunnerSettings {
-    /// The release API to resolve the latest release with: the configured
-    /// one, else GitHub's. An upgrade asks it whatever `version` says.
-    pub fn release_api(&self) -> Url {
-        self.release_api_url.clone().unwrap_or_else(|| {
-            crate::http_url::parse(DEFAULT_RELEASE_API_URL).expect("the default API URL parses")
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct PreRunner {
-    pub script: PathBuf,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct Timing {
-    pub idle_poll_interval: Duration,
-    pub claimed_poll_interval: Duration,
-    pub job_poll_interval: Duration,
-    pub heartbeat_interval: Duration,
-    pub expiry_check_interval: Duration,
-    pub self_termination_grace: Duration,
-    pub spot_poll_interval: Duration,
-    /// A job under a spot notice runs until the notice's time minus this,
-    /// then the runner is stopped (deregistration and the signal need it).
-    pub spot_job_margin: Duration,
 }
 
 impl Settings {

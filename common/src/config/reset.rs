@@ -1,12 +1,12 @@
-//! `[reset]` and `[hardening]`: what is cleaned between runs on a reused
-//! instance, and whether jobs are kept away from what only the agent may
-//! reach. Defaults suit the fleet-actions pool: reset on, hardening off
-//! (hardening needs a dedicated runner user, which that pool does not use).
+//! `[reset]`: what is cleaned between runs on a reused instance. On by
+//! default, as the fleet-actions pool needs; what it keeps depends on
+//! whether hardening is on (`[hardening]`, validated first).
 
-use super::{parse_duration, ConfigError};
+use super::keys::Keys;
+use super::ConfigError;
 use bytesize::ByteSize;
 use serde::Deserialize;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::time::Duration;
 
 /// Credentials and settings jobs commonly leave in the runner user's home:
@@ -52,13 +52,6 @@ pub(super) struct RawReset {
     pub min_free_space: Option<String>,
     pub min_free_inodes: Option<u64>,
     pub timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHardening {
-    pub enabled: Option<bool>,
-    pub metadata_addresses: Option<Vec<String>>,
 }
 
 /// Whether the reset cleans up after docker.
@@ -134,136 +127,100 @@ pub struct ResetSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct HardeningSettings {
-    pub enabled: bool,
-    /// Addresses the runner user may not reach (the agent adds the host of
-    /// its IMDS endpoint override, if any).
-    pub metadata_addresses: Vec<std::net::IpAddr>,
-}
-
-/// `hardened`: what is kept between runs (the tool cache, docker images)
-/// defaults to nothing, since a hostile job can poison it for the next.
-pub(super) fn validate_reset(
-    path: &Path,
-    raw: RawReset,
-    hardened: bool,
-) -> Result<ResetSettings, ConfigError> {
-    let invalid = |key: &str, reason: String| ConfigError::Invalid {
-        path: path.to_owned(),
-        key: format!("reset.{key}"),
-        reason,
-    };
-    let size = |key: &str, value: &Option<String>, default: u64| match value {
-        None => Ok(default),
-        Some(text) => parse_size(text).map_err(|reason| invalid(key, reason)),
-    };
-    let relative = |key: &str, items: Vec<String>| {
-        items
-            .into_iter()
-            .map(|item| relative_path(&item).map_err(|reason| invalid(key, reason)))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let docker = match raw.docker.as_deref().unwrap_or("auto") {
-        "auto" => DockerMode::Auto,
-        "required" => DockerMode::Required,
-        "off" => DockerMode::Off,
-        other => {
-            return Err(invalid(
-                "docker",
-                format!("{other:?}: one of auto, required, off"),
-            ))
+impl RawReset {
+    /// `hardened`: what is kept between runs (the tool cache, docker
+    /// images) defaults to nothing, since a hostile job can poison it for
+    /// the next.
+    pub(super) fn into_settings(
+        self,
+        at: &Keys,
+        hardened: bool,
+    ) -> Result<ResetSettings, ConfigError> {
+        let docker = docker_mode(at, self.docker.as_deref())?;
+        for dir in self.temp_dirs.iter().flatten().chain(self.home.iter()) {
+            at.absolute("temp_dirs", dir)?;
         }
-    };
-    for dir in raw.temp_dirs.iter().flatten().chain(raw.home.iter()) {
-        if !dir.is_absolute() {
-            return Err(invalid(
-                "temp_dirs",
-                format!("{} is not an absolute path", dir.display()),
-            ));
-        }
-    }
-    let images = match raw.images.as_deref() {
-        None if hardened => ImageMode::Baseline,
-        None | Some("keep") => ImageMode::Keep,
-        Some("baseline") => ImageMode::Baseline,
-        Some(other) => {
-            return Err(invalid(
-                "images",
-                format!("{other:?}: one of keep, baseline"),
-            ))
-        }
-    };
-    let timeout = match &raw.timeout {
-        None => Duration::from_secs(120),
-        Some(text) => parse_duration(text).map_err(|reason| invalid("timeout", reason))?,
-    };
-    if timeout.is_zero() {
-        return Err(invalid("timeout", "must be greater than zero".into()));
-    }
-    Ok(ResetSettings {
-        enabled: raw.enabled.unwrap_or(true),
-        keep_work: relative(
-            "keep_work",
-            raw.keep_work.unwrap_or_else(|| match hardened {
-                true => Vec::new(),
-                false => vec!["_tool".into()],
-            }),
-        )?,
-        diag_keep: raw.diag_keep.unwrap_or(20),
-        diag_max_size: size("diag_max_size", &raw.diag_max_size, 100 << 20)?,
-        home: raw.home,
-        home_paths: relative(
-            "home_paths",
-            raw.home_paths
-                .unwrap_or_else(|| DEFAULT_HOME_PATHS.iter().map(|p| p.to_string()).collect()),
-        )?,
-        home_keep: relative("home_keep", raw.home_keep.unwrap_or_default())?,
-        home_max: size("home_max", &raw.home_max, 256 << 20)?,
-        temp_dirs: raw
-            .temp_dirs
-            .unwrap_or_else(|| DEFAULT_TEMP_DIRS.iter().map(PathBuf::from).collect()),
-        deny_cron: raw.deny_cron.unwrap_or(false),
-        allow_weaker: raw.allow_weaker.unwrap_or(false),
-        runner_pids_max: raw.runner_pids_max.unwrap_or(4096),
-        runner_memory_max: match raw.runner_memory_max.as_deref() {
-            None | Some("auto") => None,
-            Some(text) => {
-                Some(parse_size(text).map_err(|reason| invalid("runner_memory_max", reason))?)
-            }
-        },
-        docker,
-        images,
-        docker_cli: raw.docker_cli.unwrap_or_else(|| "docker".into()),
-        docker_host: raw.docker_host,
-        image_cache_max: size("image_cache_max", &raw.image_cache_max, 20 << 30)?,
-        build_cache_max: size("build_cache_max", &raw.build_cache_max, 5 << 30)?,
-        min_free_space: size("min_free_space", &raw.min_free_space, 2 << 30)?,
-        min_free_inodes: raw.min_free_inodes.unwrap_or(10_000),
-        timeout,
-    })
-}
-
-pub(super) fn validate_hardening(
-    path: &Path,
-    raw: RawHardening,
-) -> Result<HardeningSettings, ConfigError> {
-    let metadata_addresses = raw
-        .metadata_addresses
-        .unwrap_or_else(|| vec!["169.254.169.254".into(), "fd00:ec2::254".into()])
-        .iter()
-        .map(|a| {
-            a.parse().map_err(|_| ConfigError::Invalid {
-                path: path.to_owned(),
-                key: "hardening.metadata_addresses".into(),
-                reason: format!("{a:?} is not an IP address"),
-            })
+        let images = image_mode(at, self.images.as_deref(), hardened)?;
+        let timeout = at.positive("timeout", self.timeout.as_deref(), Duration::from_secs(120))?;
+        let size = |key, value: Option<String>, default| size(at, key, value, default);
+        let relative = |key, items| relative_paths(at, key, items);
+        let keep_work = match hardened {
+            true => Vec::new(),
+            false => vec!["_tool".into()],
+        };
+        let home_paths = DEFAULT_HOME_PATHS.iter().map(|p| p.to_string()).collect();
+        Ok(ResetSettings {
+            enabled: self.enabled.unwrap_or(true),
+            keep_work: relative("keep_work", self.keep_work.unwrap_or(keep_work))?,
+            diag_keep: self.diag_keep.unwrap_or(20),
+            diag_max_size: size("diag_max_size", self.diag_max_size, 100 << 20)?,
+            home: self.home,
+            home_paths: relative("home_paths", self.home_paths.unwrap_or(home_paths))?,
+            home_keep: relative("home_keep", self.home_keep.unwrap_or_default())?,
+            home_max: size("home_max", self.home_max, 256 << 20)?,
+            temp_dirs: self
+                .temp_dirs
+                .unwrap_or_else(|| DEFAULT_TEMP_DIRS.iter().map(PathBuf::from).collect()),
+            deny_cron: self.deny_cron.unwrap_or(false),
+            allow_weaker: self.allow_weaker.unwrap_or(false),
+            runner_pids_max: self.runner_pids_max.unwrap_or(4096),
+            runner_memory_max: memory_max(at, self.runner_memory_max.as_deref())?,
+            docker,
+            images,
+            docker_cli: self.docker_cli.unwrap_or_else(|| "docker".into()),
+            docker_host: self.docker_host,
+            image_cache_max: size("image_cache_max", self.image_cache_max, 20 << 30)?,
+            build_cache_max: size("build_cache_max", self.build_cache_max, 5 << 30)?,
+            min_free_space: size("min_free_space", self.min_free_space, 2 << 30)?,
+            min_free_inodes: self.min_free_inodes.unwrap_or(10_000),
+            timeout,
         })
-        .collect::<Result<_, _>>()?;
-    Ok(HardeningSettings {
-        enabled: raw.enabled.unwrap_or(false),
-        metadata_addresses,
-    })
+    }
+}
+
+fn docker_mode(at: &Keys, text: Option<&str>) -> Result<DockerMode, ConfigError> {
+    match text.unwrap_or("auto") {
+        "auto" => Ok(DockerMode::Auto),
+        "required" => Ok(DockerMode::Required),
+        "off" => Ok(DockerMode::Off),
+        other => Err(at.invalid("docker", format!("{other:?}: one of auto, required, off"))),
+    }
+}
+
+fn image_mode(at: &Keys, text: Option<&str>, hardened: bool) -> Result<ImageMode, ConfigError> {
+    match text {
+        None if hardened => Ok(ImageMode::Baseline),
+        None | Some("keep") => Ok(ImageMode::Keep),
+        Some("baseline") => Ok(ImageMode::Baseline),
+        Some(other) => Err(at.invalid("images", format!("{other:?}: one of keep, baseline"))),
+    }
+}
+
+/// `runner_memory_max`: `None` (unset or `auto`) leaves the agent and the
+/// system their share.
+fn memory_max(at: &Keys, text: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    match text {
+        None | Some("auto") => Ok(None),
+        Some(text) => {
+            Ok(Some(parse_size(text).map_err(|reason| {
+                at.invalid("runner_memory_max", reason)
+            })?))
+        }
+    }
+}
+
+fn size(at: &Keys, key: &str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_size(&text).map_err(|reason| at.invalid(key, reason)),
+    }
+}
+
+fn relative_paths(at: &Keys, key: &str, items: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+    items
+        .into_iter()
+        .map(|item| relative_path(&item).map_err(|reason| at.invalid(key, reason)))
+        .collect()
 }
 
 /// "20GiB", "512MB", "0": bytes.

@@ -2,6 +2,8 @@
 //! and the key.
 
 use super::*;
+use std::time::Duration;
+use url::Url;
 
 const MINIMAL: &str = r#"
 table = "acme-widgets-pool"
