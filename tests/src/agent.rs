@@ -71,6 +71,16 @@ impl Stack {
         self.dir.path().join("home")
     }
 
+    /// Where `spawn_agent` appends every agent's stderr: one log a stack.
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// The agent log's text, "" before any agent wrote to it.
+    pub fn agent_log_text(&self) -> String {
+        std::fs::read_to_string(self.agent_log()).unwrap_or_default()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -174,7 +184,7 @@ impl Stack {
     /// to `agent.log` in the stack dir.
     pub fn spawn_agent(&self, spec: &AgentSpec) -> AgentProcess {
         self.write_config(spec);
-        let log = self.dir.path().join("agent.log");
+        let log = self.agent_log();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -197,10 +207,7 @@ impl Stack {
     pub async fn boot_agent(&self, spec: &AgentSpec) -> AgentProcess {
         const WAIT: Duration = Duration::from_secs(30);
         let agent = self.spawn_agent(spec);
-        self.cp
-            .wait_signal(&self.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-            .await
-            .unwrap_or_else(|last| panic!("not registered: {last:?}\n{}", agent.log_text()));
+        self.assert_signal("UD_REG_OK", INITIAL_RUN_ID, WAIT).await;
         let started = std::time::Instant::now();
         while self.count_events("LISTENER_START") == 0 {
             assert!(

@@ -13,8 +13,10 @@ pub mod invariants;
 pub mod moto;
 pub mod proxy;
 pub mod sandbox;
+pub mod signals;
 pub mod users;
 
+pub use signals::{CLAIM_WAIT, SIGNAL_WAIT};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -181,25 +183,6 @@ impl Stack {
                 Some((t.parse().ok()?, rest.to_owned()))
             })
             .collect()
-    }
-
-    /// Waits (up to 30 s) for the worker signal `state` for `run_id`, as
-    /// the control plane does; panics with the last signal seen.
-    pub async fn expect_signal(&self, state: &str, run_id: &str) {
-        self.expect_signal_within(state, run_id, Duration::from_secs(30))
-            .await
-    }
-
-    /// `expect_signal` with the control plane's patience for this signal
-    /// (10 s after a claim).
-    pub async fn expect_signal_within(&self, state: &str, run_id: &str, timeout: Duration) {
-        if let Err(last) = self
-            .cp
-            .wait_signal(&self.instance_id, state, run_id, timeout)
-            .await
-        {
-            panic!("no {state} for run {run_id} within {timeout:?}; last signal: {last:?}");
-        }
     }
 
     /// The fake runner's log lines that start with `prefix`, in order.

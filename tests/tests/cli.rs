@@ -2,7 +2,7 @@
 //! notification socket, and running the runner as another user.
 
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,9 @@ async fn status_json_reports_phase_and_registration() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     // The agent stores the signal, then its state file: `status` may still
     // say "registering" for a moment after the signal is visible.
     let started = Instant::now();
@@ -170,16 +172,12 @@ async fn runner_runs_as_the_configured_user() {
     std::fs::write(stack.runner_log(), "").unwrap();
     std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let agent = stack.spawn_agent(&AgentSpec {
+    let _agent = stack.spawn_agent(&AgentSpec {
         user: Some(USER.into()),
         ..Default::default()
     });
     let id = &stack.instance_id;
-    stack
-        .cp
-        .wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .unwrap_or_else(|l| panic!("{l:?}\n{}", agent.log_text()));
+    stack.assert_signal("UD_REG_OK", INITIAL_RUN_ID, WAIT).await;
     let id_of = |flag: &str| -> u32 {
         let out = std::process::Command::new("id")
             .args([flag, USER])
@@ -228,7 +226,7 @@ async fn runner_runs_as_the_configured_user() {
     assert_eq!(listener_uid, uid, "listener not running as {USER}");
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     assert!(!stack.runner_dir().join(".runner").exists());
 }

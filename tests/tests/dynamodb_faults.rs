@@ -5,7 +5,7 @@
 //! works, and the invariants (`stack::invariants`).
 
 use stack::agent::{AgentProcess, AgentSpec};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 
 /// The control plane's patience for UD_REG_OK after a claim, plus what a
@@ -22,7 +22,7 @@ async fn idle_agent(stack: &Stack) -> AgentProcess {
 async fn release(stack: &Stack, run_id: &str, from: &str) {
     stack.cp.release(&stack.instance_id, run_id, from).await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id, SIGNAL_WAIT)
         .await;
 }
 
@@ -30,7 +30,7 @@ async fn release(stack: &Stack, run_id: &str, from: &str) {
 async fn claim_and_release(stack: &Stack, run_id: &str) {
     stack.cp.claim(&stack.instance_id, run_id).await;
     stack
-        .expect_signal_within("UD_REG_OK", run_id, CLAIM_PATIENCE)
+        .assert_signal("UD_REG_OK", run_id, CLAIM_PATIENCE)
         .await;
     release(stack, run_id, "claimed").await;
 }
@@ -117,7 +117,7 @@ async fn a_claim_during_a_read_throttle_is_answered_when_it_lifts() {
     );
     stack.proxy.clear_faults();
     stack
-        .expect_signal_within("UD_REG_OK", "2000-1", CLAIM_PATIENCE)
+        .assert_signal("UD_REG_OK", "2000-1", CLAIM_PATIENCE)
         .await;
     release(&stack, "2000-1", "claimed").await;
     stack.assert_invariants(&agent, &[]).await;
@@ -141,7 +141,7 @@ async fn throttled_writes_during_a_release_are_retried_until_stored() {
     assert!(refused.unwrap_or(0) >= 2, "{refused:?}");
     stack.proxy.clear_faults();
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     let log = agent.log_text();
     assert_eq!(
@@ -219,7 +219,9 @@ async fn dynamodb_down_at_boot_then_up_signals_the_initial_run() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(stack.cp.signal(&stack.instance_id).await.is_none());
     stack.proxy.set_down(false);
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     release(&stack, INITIAL_RUN_ID, "created").await;
     stack.assert_invariants(&agent, &[]).await;
 }

@@ -5,7 +5,7 @@
 
 use stack::agent::{userdata_binary, AgentSpec};
 use stack::github::FAKE_RUNNER_VERSION;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::Duration;
 
 /// Sorts after any EC2 instance id moto makes (`i-` and 17 hex digits).
@@ -61,7 +61,7 @@ async fn the_pool_inspector_shows_two_agents_and_a_bash_agent_json_and_needs_onl
     let id = stack.instance_id.clone();
     stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     // Another instance of the pool, our agent too, registered for the
     // initial run (the control plane marks it running) and in a job.

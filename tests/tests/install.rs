@@ -10,7 +10,7 @@ use runner_agent::runner::install::{
 use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::github::{fake_runner_tarball_of, FakeGithub, FAKE_RUNNER_VERSION};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -53,7 +53,9 @@ async fn a_baked_runner_without_the_marker_is_used_without_a_download() {
         env: vec![("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT".into(), "1".into())],
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0, "downloaded");
     assert_eq!(stack.github.state.lock().unwrap().api_requests, 0);
     assert_eq!(marker(&stack.runner_dir()), None, "marked without a check");
@@ -103,7 +105,9 @@ async fn a_baked_runner_is_asked_its_version_as_the_runner_user() {
         user: Some(USER.into()),
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0);
     assert_eq!(
         stack.count_events(&format!(
@@ -126,7 +130,9 @@ async fn latest_installs_the_newest_release_at_boot() {
         runner_version: Some("latest".into()),
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(NEWER), 1);
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0);
     assert_eq!(marker(&stack.runner_dir()).as_deref(), Some(NEWER));

@@ -2,10 +2,8 @@
 //! side played by the driver.
 
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::Duration;
-
-const SIGNAL_WAIT: Duration = Duration::from_secs(30);
 
 /// boot → UD_OK → (created for the initial run) UD_REG_OK → release →
 /// UD_REMOVE_REG_REMOVE_RUN_OK, then five claim/release cycles from idle,
@@ -19,9 +17,13 @@ async fn full_lifecycle_and_five_more_cycles() {
         ..Default::default()
     });
     let cp = &stack.cp;
-    stack.expect_signal("UD_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     // The control plane created the instance for the initial run: claimed.
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert!(
         agent
             .wait_log("preparing the instance", Duration::from_secs(5))
@@ -40,7 +42,7 @@ async fn full_lifecycle_and_five_more_cycles() {
     for cycle in 1..=5 {
         let run_id = format!("2000-{cycle}");
         cp.claim(&id, &run_id).await;
-        stack.expect_signal("UD_REG_OK", &run_id).await;
+        stack.assert_signal("UD_REG_OK", &run_id, SIGNAL_WAIT).await;
         if cycle == 3 {
             stack.queue_job(&run_id, 2);
             assert!(agent.wait_log("", Duration::from_millis(1)).await);

@@ -5,7 +5,7 @@
 
 use runner_agent::metrics::sample;
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -86,13 +86,15 @@ async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     wait_events(&stack, "JOB_END", 1).await;
     stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     stack.cp.claim(&id, "2000-1").await;
-    stack.expect_signal("UD_REG_OK", "2000-1").await;
+    stack
+        .assert_signal("UD_REG_OK", "2000-1", SIGNAL_WAIT)
+        .await;
     stack.cp.release(&id, "2000-1", "claimed").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", "2000-1")
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", "2000-1", SIGNAL_WAIT)
         .await;
     // The signal is stored before the metrics see it stored.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -9,13 +9,11 @@ use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::control::iso;
 use stack::github::FAKE_RUNNER_VERSION;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, CLAIM_WAIT, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 const WAIT: Duration = Duration::from_secs(30);
-/// The control plane gives a claimed instance 10 s to answer.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 fn notices_fast() -> AgentSpec {
     AgentSpec {
@@ -71,7 +69,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     );
     assert_eq!(stack.live_listeners().len(), 1);
     stack
-        .expect_signal_within("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
+        .assert_signal("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
         .await;
     let ran = noticed.elapsed();
     assert!(ran >= Duration::from_secs(5), "stopped after {ran:?}");
@@ -81,12 +79,12 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     // The run is released: answered as failed, so the instance is not pooled.
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal_within("UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
         .await;
     // A new claim is refused within the control plane's 10 s.
     stack.cp.claim(id, "3000").await;
     stack
-        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .assert_signal("UD_REG_FAILED", "3000", CLAIM_WAIT)
         .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1);
 }
@@ -98,15 +96,17 @@ async fn a_rebalance_recommendation_while_idle_leaves_the_pool_at_once() {
     let id = &stack.instance_id;
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     stack
         .imds
         .set_rebalance(r#"{"noticeTime": "2026-11-28T10:00:00Z"}"#);
-    stack.expect_signal("UD_SPOT_INTERRUPTED", "").await;
+    stack
+        .assert_signal("UD_SPOT_INTERRUPTED", "", SIGNAL_WAIT)
+        .await;
     stack.cp.claim(id, "3000").await;
     stack
-        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .assert_signal("UD_REG_FAILED", "3000", CLAIM_WAIT)
         .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1, "no registration");
     assert!(agent.log_text().contains("rebalance recommendation"));
@@ -144,7 +144,7 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
 }
 
@@ -176,7 +176,7 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
         .release(&stack.instance_id, INITIAL_RUN_ID, "created")
         .await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
 
     // Restarted with runner.version still pinned to the deprecated
@@ -190,7 +190,9 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
         .expect("agent exits");
     let agent = stack.spawn_agent(&AgentSpec::default());
     stack.cp.claim(&stack.instance_id, "2000-1").await;
-    stack.expect_signal("UD_REG_OK", "2000-1").await;
+    stack
+        .assert_signal("UD_REG_OK", "2000-1", SIGNAL_WAIT)
+        .await;
     let log = agent.log_text();
     assert!(log.contains("GitHub deprecated runner.version"), "{log}");
     assert_eq!(

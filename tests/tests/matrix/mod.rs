@@ -10,7 +10,7 @@
 //! One module per fault group; the helpers they share are here.
 
 use stack::agent::{AgentProcess, AgentSpec};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, CLAIM_WAIT, INITIAL_RUN_ID};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,6 @@ mod runner;
 mod state_dir;
 
 const WAIT: Duration = Duration::from_secs(30);
-/// The control plane gives a claimed idle instance 10 s to answer.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 async fn wait_log(agent: &AgentProcess, needle: &str) {
     assert!(
