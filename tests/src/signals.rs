@@ -1,9 +1,9 @@
 //! The agent's answers as the control plane waits for them: a worker
-//! signal within the control plane's patience. One wait, so that every
-//! test that misses a signal says the same things: what the table holds
-//! instead, and the agent's log.
+//! signal within the control plane's patience, and the release that ends
+//! in one. One wait, so that every test that misses a signal says the
+//! same things: what the table holds instead, and the agent's log.
 
-use crate::Stack;
+use crate::{Stack, INITIAL_RUN_ID};
 use std::time::Duration;
 
 /// How long a test waits for a signal the control plane sets no tighter
@@ -27,5 +27,19 @@ impl Stack {
                 self.agent_log_text()
             );
         }
+    }
+
+    /// Releases `run_id` as the control plane does (the record moving from
+    /// `from_state`) and waits for the agent's
+    /// `UD_REMOVE_REG_REMOVE_RUN_OK`.
+    pub async fn release_run(&self, run_id: &str, from_state: &str) {
+        self.cp.release(&self.instance_id, run_id, from_state).await;
+        self.assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id, SIGNAL_WAIT)
+            .await;
+    }
+
+    /// Releases the initial run and waits until the agent is idle again.
+    pub async fn release_initial(&self) {
+        self.release_run(INITIAL_RUN_ID, "created").await;
     }
 }

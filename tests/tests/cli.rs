@@ -176,7 +176,6 @@ async fn runner_runs_as_the_configured_user() {
         user: Some(USER.into()),
         ..Default::default()
     });
-    let id = &stack.instance_id;
     stack.assert_signal("UD_REG_OK", INITIAL_RUN_ID, WAIT).await;
     let id_of = |flag: &str| -> u32 {
         let out = std::process::Command::new("id")
@@ -224,9 +223,6 @@ async fn runner_runs_as_the_configured_user() {
         .unwrap()
         .uid();
     assert_eq!(listener_uid, uid, "listener not running as {USER}");
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     assert!(!stack.runner_dir().join(".runner").exists());
 }

@@ -15,15 +15,8 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(15);
 /// Booted, registered for the initial run and released: idle.
 async fn idle_agent(stack: &Stack) -> AgentProcess {
     let agent = stack.boot_agent(&AgentSpec::default()).await;
-    release(stack, INITIAL_RUN_ID, "created").await;
+    stack.release_initial().await;
     agent
-}
-
-async fn release(stack: &Stack, run_id: &str, from: &str) {
-    stack.cp.release(&stack.instance_id, run_id, from).await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id, SIGNAL_WAIT)
-        .await;
 }
 
 /// A claim answered within the control plane's window, then released.
@@ -32,7 +25,7 @@ async fn claim_and_release(stack: &Stack, run_id: &str) {
     stack
         .assert_signal("UD_REG_OK", run_id, CLAIM_PATIENCE)
         .await;
-    release(stack, run_id, "claimed").await;
+    stack.release_run(run_id, "claimed").await;
 }
 
 fn reads_between(stack: &Stack, from: Instant, to: Instant) -> usize {
@@ -119,7 +112,7 @@ async fn a_claim_during_a_read_throttle_is_answered_when_it_lifts() {
     stack
         .assert_signal("UD_REG_OK", "2000-1", CLAIM_PATIENCE)
         .await;
-    release(&stack, "2000-1", "claimed").await;
+    stack.release_run("2000-1", "claimed").await;
     stack.assert_invariants(&agent, &[]).await;
 }
 
@@ -222,7 +215,7 @@ async fn dynamodb_down_at_boot_then_up_signals_the_initial_run() {
     stack
         .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
-    release(&stack, INITIAL_RUN_ID, "created").await;
+    stack.release_initial().await;
     stack.assert_invariants(&agent, &[]).await;
 }
 

@@ -273,10 +273,7 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
         "a second listener started"
     );
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     assert!(
         stack.live_listeners().is_empty(),
         "adopted runner still running: {:#?}\n{}",
@@ -386,17 +383,11 @@ async fn a_policy_without_batch_get_item_still_serves_claims() {
     stack.proxy.deny("BatchGetItem");
     let agent = boot(&stack, &AgentSpec::default()).await;
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     for run in ["7100-1", "7100-2"] {
         stack.cp.claim(id, run).await;
         stack.assert_signal("UD_REG_OK", run, SIGNAL_WAIT).await;
-        stack.cp.release(id, run, "claimed").await;
-        stack
-            .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run, SIGNAL_WAIT)
-            .await;
+        stack.release_run(run, "claimed").await;
     }
     let log = agent.log_text();
     assert_eq!(log.matches("BatchGetItem denied").count(), 1, "{log}");

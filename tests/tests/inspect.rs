@@ -5,7 +5,7 @@
 
 use stack::agent::{userdata_binary, AgentSpec};
 use stack::github::FAKE_RUNNER_VERSION;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::time::Duration;
 
 /// Sorts after any EC2 instance id moto makes (`i-` and 17 hex digits).
@@ -59,10 +59,7 @@ async fn the_pool_inspector_shows_two_agents_and_a_bash_agent_json_and_needs_onl
     let spec = AgentSpec::default();
     let agent = stack.boot_agent(&spec).await;
     let id = stack.instance_id.clone();
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     // Another instance of the pool, our agent too, registered for the
     // initial run (the control plane marks it running) and in a job.
     let sibling = stack.sibling().await;

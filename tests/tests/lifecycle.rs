@@ -29,15 +29,7 @@ async fn full_lifecycle_and_five_more_cycles() {
             .wait_log("preparing the instance", Duration::from_secs(5))
             .await
     );
-    cp.release(&id, INITIAL_RUN_ID, "created").await;
-    cp.wait_signal(
-        &id,
-        "UD_REMOVE_REG_REMOVE_RUN_OK",
-        INITIAL_RUN_ID,
-        SIGNAL_WAIT,
-    )
-    .await
-    .expect("released");
+    stack.release_initial().await;
 
     for cycle in 1..=5 {
         let run_id = format!("2000-{cycle}");
@@ -48,10 +40,7 @@ async fn full_lifecycle_and_five_more_cycles() {
             assert!(agent.wait_log("", Duration::from_millis(1)).await);
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        cp.release(&id, &run_id, "claimed").await;
-        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id, SIGNAL_WAIT)
-            .await
-            .unwrap_or_else(|last| panic!("cycle {cycle}: not released: {last:?}"));
+        stack.release_run(&run_id, "claimed").await;
     }
 
     let configures = stack.events("CONFIGURE ");

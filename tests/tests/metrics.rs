@@ -84,18 +84,12 @@ async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     wait_events(&stack, "LISTENER_START", 2).await;
     stack.queue_job(INITIAL_RUN_ID, 3);
     wait_events(&stack, "JOB_END", 1).await;
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     stack.cp.claim(&id, "2000-1").await;
     stack
         .assert_signal("UD_REG_OK", "2000-1", SIGNAL_WAIT)
         .await;
-    stack.cp.release(&id, "2000-1", "claimed").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", "2000-1", SIGNAL_WAIT)
-        .await;
+    stack.release_run("2000-1", "claimed").await;
     // The signal is stored before the metrics see it stored.
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -94,10 +94,7 @@ async fn a_rebalance_recommendation_while_idle_leaves_the_pool_at_once() {
     let stack = Stack::start(StackOptions::default()).await;
     let agent = stack.boot_agent(&notices_fast()).await;
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     stack
         .imds
         .set_rebalance(r#"{"noticeTime": "2026-11-28T10:00:00Z"}"#);
@@ -142,10 +139,7 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     // The new registration serves the run.
     stack.queue_job(INITIAL_RUN_ID, 1);
     wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
 }
 
 /// GitHub refuses the runner's version: the listener (asked by the agent
@@ -171,13 +165,7 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     assert_eq!(stack.count_events("REMOVE"), 1, "deregistered before");
     stack.queue_job(INITIAL_RUN_ID, 1);
     wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
-    stack
-        .cp
-        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
-        .await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
 
     // Restarted with runner.version still pinned to the deprecated
     // release: the upgrade is kept, not replaced by the pin and upgraded

@@ -73,7 +73,7 @@ async fn a_threshold_of_the_wrong_type_never_terminates() {
     }
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     // Still serving: the release is answered.
-    release_initial(&stack).await;
+    stack.release_initial().await;
     stack.assert_invariants(&agent, &[]).await;
 }
 
@@ -174,7 +174,7 @@ async fn an_oversized_run_id_fails_its_claim_and_the_next_claim_registers() {
     let stack = Stack::start(StackOptions::default()).await;
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     let id = &stack.instance_id;
-    release_initial(&stack).await;
+    stack.release_initial().await;
     let huge = "7".repeat(300 * 1024);
     stack.cp.claim(id, &huge).await;
     stack.assert_signal("UD_REG_FAILED", &huge, WAIT).await;

@@ -31,17 +31,6 @@ async fn wait_log(agent: &AgentProcess, needle: &str) {
     );
 }
 
-/// Releases the initial run and waits until the agent is idle again.
-async fn release_initial(stack: &Stack) {
-    stack
-        .cp
-        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
-        .await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, WAIT)
-        .await;
-}
-
 fn state_dir(stack: &Stack) -> PathBuf {
     stack.dir.path().join("state")
 }

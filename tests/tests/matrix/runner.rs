@@ -26,7 +26,7 @@ async fn a_listener_crash_loop_is_restarted_with_back_off_and_the_release_answer
     );
     assert_eq!(stack.count_events("CONFIGURE "), 1);
     std::fs::remove_file(jobs.join(format!("{INITIAL_RUN_ID}.crash"))).unwrap();
-    release_initial(&stack).await;
+    stack.release_initial().await;
     assert!(stack.live_listeners().is_empty());
     stack.assert_invariants(&agent, &[]).await;
 }
@@ -43,7 +43,7 @@ async fn a_listener_ignoring_sigterm_is_killed_and_release_and_stop_complete() {
     }
     let mut agent = stack.boot_agent(&AgentSpec::default()).await;
     let released = Instant::now();
-    release_initial(&stack).await;
+    stack.release_initial().await;
     assert!(
         released.elapsed() >= Duration::from_secs(5),
         "not the SIGKILL path"

@@ -72,7 +72,7 @@ async fn a_state_dir_turning_read_only_while_serving_loses_no_signal() {
     let stack = Stack::start(StackOptions::default()).await;
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     let _read_only = Mount::read_only_over(&state_dir(&stack));
-    release_initial(&stack).await;
+    stack.release_initial().await;
     stack.cp.claim(&stack.instance_id, "3000-1").await;
     stack.assert_signal("UD_REG_OK", "3000-1", CLAIM_WAIT).await;
     let log = agent.log_text();
@@ -95,7 +95,7 @@ async fn a_full_state_dir_loses_no_signal_and_saving_resumes_when_space_returns(
         let mut file = std::fs::File::create(&filler).unwrap();
         while file.write_all(&[0u8; 4096]).is_ok() {}
     }
-    release_initial(&stack).await;
+    stack.release_initial().await;
     let log = agent.log_text();
     assert!(log.contains("No space left on device"), "{log}");
     std::fs::remove_file(&filler).unwrap();
@@ -134,6 +134,6 @@ async fn a_corrupt_state_file_after_a_crash_starts_afresh_with_one_runner() {
         stack.runner_events()
     );
     assert!(agent.log_text().contains("is corrupt"));
-    release_initial(&stack).await;
+    stack.release_initial().await;
     stack.assert_invariants(&agent, &[]).await;
 }

@@ -17,13 +17,7 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     stack
         .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
-    stack
-        .cp
-        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
-        .await;
-    stack
-        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
-        .await;
+    stack.release_initial().await;
     stack
         .cp
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
