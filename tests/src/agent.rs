@@ -200,8 +200,6 @@ impl Stack {
         AgentProcess { child, log }
     }
 
-    /// Installs the runner the way an image bake does (`runner-agent
-    /// install`), so the agent finds it already unpacked.
     /// Starts the agent and waits until it is registered for the initial
     /// run and its listener runs.
     pub async fn boot_agent(&self, spec: &AgentSpec) -> AgentProcess {
@@ -220,6 +218,8 @@ impl Stack {
         agent
     }
 
+    /// Installs the runner the way an image bake does (`runner-agent
+    /// install`), so the agent finds it already unpacked.
     pub async fn preinstall_runner(&self, spec: &AgentSpec) {
         self.write_config(spec);
         let out = self
@@ -254,6 +254,16 @@ impl AgentProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `within` until a log line contains `needle`; panics
+    /// with the log if none does.
+    pub async fn assert_log(&self, needle: &str, within: Duration) {
+        assert!(
+            self.wait_log(needle, within).await,
+            "no {needle:?} in the agent's log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Waits until a log line contains `needle`.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod imds;
 pub mod invariants;
 pub mod moto;
+pub mod mount;
 pub mod proxy;
 pub mod sandbox;
 pub mod signals;
@@ -230,6 +231,21 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         false
+    }
+
+    /// Waits (up to 30 s) until the fake runner logged `count` events that
+    /// start with `prefix`; panics with its events and the agent's log.
+    pub async fn wait_events(&self, prefix: &str, count: usize) {
+        let started = std::time::Instant::now();
+        while self.count_events(prefix) < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {count}x {prefix}: {:#?}\n{}",
+                self.runner_events(),
+                self.agent_log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn count_events(&self, prefix: &str) -> usize {

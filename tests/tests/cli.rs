@@ -2,8 +2,9 @@
 //! notification socket, and running the runner as another user.
 
 use stack::agent::AgentSpec;
+use stack::users::{ensure_user, root_or_skip};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -140,38 +141,13 @@ async fn notifies_systemd_ready_and_status() {
 /// `_diag`. Needs root to create the user and switch to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_runs_as_the_configured_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching users needs root");
+    if !root_or_skip("switching users needs root") {
         return;
     }
     const USER: &str = "ra-runner";
-    let exists = std::process::Command::new("id")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        let status = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/bash", USER])
-            .status()
-            .unwrap();
-        assert!(
-            status.success()
-                || std::process::Command::new("id")
-                    .arg(USER)
-                    .status()
-                    .unwrap()
-                    .success()
-        );
-    }
+    ensure_user(USER);
     let stack = Stack::start(StackOptions::default()).await;
-    // The runner user must reach its directory and the fake's log and queue.
-    std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    stack.open_to_runner_user();
     let _agent = stack.spawn_agent(&AgentSpec {
         user: Some(USER.into()),
         ..Default::default()

@@ -210,11 +210,7 @@ async fn expiry_never_terminates_without_the_tag_or_a_readable_threshold() {
         let stack = stack_with_tags(tags, true).await;
         let agent = boot(&stack, &AgentSpec::default()).await;
         stack.cp.set_threshold(&stack.instance_id, threshold).await;
-        assert!(
-            agent.wait_log(reason, Duration::from_secs(10)).await,
-            "no {reason:?} in\n{}",
-            agent.log_text()
-        );
+        agent.assert_log(reason, Duration::from_secs(10)).await;
         assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
         assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     }
@@ -257,13 +253,9 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
     let stack = Stack::start(StackOptions::default()).await;
     crash_while_registered(&stack).await;
     let agent = stack.spawn_agent(&AgentSpec::default());
-    assert!(
-        agent
-            .wait_log("re-attached to the running runner", WAIT)
-            .await,
-        "{}",
-        agent.log_text()
-    );
+    agent
+        .assert_log("re-attached to the running runner", WAIT)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(stack.count_events("CONFIGURE "), 1, "registered twice");
     assert_eq!(stack.count_events("CONFIGURE_REFUSED"), 0);

@@ -7,7 +7,7 @@
 //! the reset owns may have been touched.
 
 use stack::agent::AgentSpec;
-use stack::users::{at_jobs_of, sysv_of, TestUser};
+use stack::users::{at_jobs_of, root_or_skip, sysv_of, TestUser};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,11 +22,7 @@ const PRECIOUS_FILES: usize = 40;
 const BASHRC: &str = "# the operator's\n";
 
 fn root_only() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root (a user of its own, chown, cron)");
-    false
+    root_or_skip("needs root (a user of its own, chown, cron)")
 }
 
 /// Root's directories outside anything the reset owns, each holding
@@ -123,10 +119,7 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
     let stack = Stack::start(StackOptions::default()).await;
     let dir = stack.dir.path();
     let user = TestUser::with_home("ra-hostile", &stack.home_dir());
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    stack.open_to_runner_user();
     // What the operator prepared: kept, and put back after every run.
     let home = stack.home_dir();
     std::fs::create_dir_all(home.join(".ssh")).unwrap();

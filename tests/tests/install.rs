@@ -10,8 +10,9 @@ use runner_agent::runner::install::{
 use runner_agent::runner::installed::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::github::{fake_runner_tarball_of, FakeGithub, FAKE_RUNNER_VERSION};
+use stack::users::{ensure_user, root_or_skip};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 const NEWER: &str = "2.400.0";
@@ -81,19 +82,13 @@ async fn a_baked_runner_without_the_marker_is_used_without_a_download() {
 /// runner user, so the runner can still write its logs there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_baked_runner_is_asked_its_version_as_the_runner_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching users needs root");
+    if !root_or_skip("switching users needs root") {
         return;
     }
     const USER: &str = "ra-runner";
     let uid = ensure_user(USER);
     let stack = Stack::start(StackOptions::default()).await;
-    // The runner user must reach its directory and the fake's log and queue.
-    std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    stack.open_to_runner_user();
     bake(&stack.runner_dir(), FAKE_RUNNER_VERSION);
     let chown = std::process::Command::new("chown")
         .args(["-R", USER])
@@ -367,28 +362,4 @@ async fn an_upgrade_that_fails_verification_leaves_the_runner_as_it_was() {
     );
     assert_eq!(github.downloads("2.401.0"), 0);
     assert_eq!(listener_version(&dir), FAKE_RUNNER_VERSION);
-}
-
-/// The uid of system user `name`, created if missing.
-fn ensure_user(name: &str) -> u32 {
-    let id = || {
-        std::process::Command::new("id")
-            .args(["-u", name])
-            .output()
-            .unwrap()
-    };
-    let mut out = id();
-    if !out.status.success() {
-        // Another test may create it at the same time.
-        let _ = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/bash", name])
-            .status();
-        out = id();
-    }
-    assert!(out.status.success(), "no user {name}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }

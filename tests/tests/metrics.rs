@@ -51,14 +51,6 @@ fn total(text: &str, family: &str, label: &str) -> f64 {
         .sum()
 }
 
-async fn wait_events(stack: &Stack, prefix: &str, count: usize) {
-    let started = Instant::now();
-    while stack.count_events(prefix) < count {
-        assert!(started.elapsed() < WAIT, "no {count}x {prefix}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -81,9 +73,9 @@ async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     // 250 ms), the initial
     // run is released, then one more claim and release.
     std::fs::write(stack.jobs_dir().join(format!("{INITIAL_RUN_ID}.exit")), "2").unwrap();
-    wait_events(&stack, "LISTENER_START", 2).await;
+    stack.wait_events("LISTENER_START", 2).await;
     stack.queue_job(INITIAL_RUN_ID, 3);
-    wait_events(&stack, "JOB_END", 1).await;
+    stack.wait_events("JOB_END", 1).await;
     stack.release_initial().await;
     stack.cp.claim(&id, "2000-1").await;
     stack

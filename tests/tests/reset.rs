@@ -4,6 +4,7 @@
 
 use stack::agent::AgentSpec;
 use stack::docker::{alive, Dockerd, IMAGE};
+use stack::mount::Mount;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -226,14 +227,7 @@ async fn a_full_volume_fails_the_health_check() {
         .await;
     // Installed: _work becomes a small volume of its own.
     let volume = stack.runner_dir().join("_work");
-    std::fs::create_dir_all(&volume).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "ra-test-work"])
-        .arg(&volume)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mounting a tmpfs (needs root)");
-    let _unmount = Unmount(volume.clone());
+    let _unmount = Mount::tmpfs(&volume, "size=64m");
     // The tool cache is kept, and here it leaves too little room.
     stack.queue_steps(
         INITIAL_RUN_ID,
@@ -247,17 +241,6 @@ async fn a_full_volume_fails_the_health_check() {
         agent.log_text()
     );
     drop(agent);
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// SIGKILL in the middle of a reset (a workspace of 30,000 files takes a

@@ -25,19 +25,6 @@ fn notices_fast() -> AgentSpec {
     }
 }
 
-async fn wait_events(stack: &Stack, prefix: &str, count: usize, log: impl Fn() -> String) {
-    let started = Instant::now();
-    while stack.count_events(prefix) < count {
-        assert!(
-            started.elapsed() < WAIT,
-            "no {count}x {prefix}: {:#?}\n{}",
-            stack.runner_events(),
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn exit_listener_with(stack: &Stack, code: i32) {
     let file = stack.jobs_dir().join(format!("{INITIAL_RUN_ID}.exit"));
     std::fs::write(file, code.to_string()).unwrap();
@@ -49,7 +36,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     let agent = stack.boot_agent(&notices_fast()).await;
     let id = &stack.instance_id;
     stack.queue_job(INITIAL_RUN_ID, 120);
-    wait_events(&stack, "JOB_START", 1, || agent.log_text()).await;
+    stack.wait_events("JOB_START", 1).await;
     // Interruption 28 s ahead, margin 20 s: the job may run ~8 s more.
     let at = OffsetDateTime::now_utc() + Duration::from_secs(28);
     let noticed = Instant::now();
@@ -57,11 +44,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
         r#"{{"action": "terminate", "time": "{}"}}"#,
         iso(at)
     ));
-    assert!(
-        agent.wait_log("a job runs", WAIT).await,
-        "{}",
-        agent.log_text()
-    );
+    agent.assert_log("a job runs", WAIT).await;
     assert_eq!(
         stack.count_events("JOB_END"),
         0,
@@ -115,13 +98,13 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     // 2 (retryable): restarted, same registration.
     exit_listener_with(&stack, 2);
-    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    stack.wait_events("LISTENER_START", 2).await;
     assert!(agent.log_text().contains("exited 2 (retryable error)"));
     assert_eq!(stack.count_events("CONFIGURE "), 1);
     // 5 (session conflict): deregistered and registered under a new name.
     exit_listener_with(&stack, 5);
-    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
-    wait_events(&stack, "LISTENER_START", 3, || agent.log_text()).await;
+    stack.wait_events("CONFIGURE ", 2).await;
+    stack.wait_events("LISTENER_START", 3).await;
     let log = agent.log_text();
     assert!(log.contains("exited 5 (session conflict)"), "{log}");
     let configures = stack.events("CONFIGURE ");
@@ -138,7 +121,7 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     );
     // The new registration serves the run.
     stack.queue_job(INITIAL_RUN_ID, 1);
-    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
+    stack.wait_events("JOB_END", 1).await;
     stack.release_initial().await;
 }
 
@@ -152,8 +135,8 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     stack.github.publish(NEWER);
     exit_listener_with(&stack, 7);
-    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
-    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    stack.wait_events("CONFIGURE ", 2).await;
+    stack.wait_events("LISTENER_START", 2).await;
     let log = agent.log_text();
     assert!(
         log.contains("exited 7 (runner version deprecated)"),
@@ -164,7 +147,7 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     assert_eq!(std::fs::read_to_string(marker).unwrap().trim(), NEWER);
     assert_eq!(stack.count_events("REMOVE"), 1, "deregistered before");
     stack.queue_job(INITIAL_RUN_ID, 1);
-    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
+    stack.wait_events("JOB_END", 1).await;
     stack.release_initial().await;
 
     // Restarted with runner.version still pinned to the deprecated

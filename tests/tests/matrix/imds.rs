@@ -7,7 +7,9 @@ async fn imds_down_at_boot_is_waited_for_then_the_instance_boots_and_registers()
     let stack = Stack::start(StackOptions::default()).await;
     stack.imds.set_down(true);
     let agent = stack.spawn_agent(&AgentSpec::default());
-    wait_log(&agent, "instance metadata not ready; retrying").await;
+    agent
+        .assert_log("instance metadata not ready; retrying", WAIT)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.imds.set_down(false);
     stack.assert_signal("UD_OK", INITIAL_RUN_ID, WAIT).await;
@@ -99,16 +101,17 @@ async fn an_instance_without_its_tags_serves_claims_and_never_terminates() {
     })
     .await;
     let agent = stack.boot_agent(&AgentSpec::default()).await;
-    wait_log(
-        &agent,
-        "instance has no InitialRunId tag: cannot write the boot signal",
-    )
-    .await;
+    agent
+        .assert_log(
+            "instance has no InitialRunId tag: cannot write the boot signal",
+            WAIT,
+        )
+        .await;
     stack
         .cp
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
         .await;
-    wait_log(&agent, "no AllowSelfTermination tag").await;
+    agent.assert_log("no AllowSelfTermination tag", WAIT).await;
     assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     stack.assert_invariants(&agent, &[]).await;
@@ -125,7 +128,7 @@ async fn an_expired_instance_does_not_terminate_while_imds_cannot_confirm_the_ta
         .cp
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
         .await;
-    wait_log(&agent, "cannot read tags").await;
+    agent.assert_log("cannot read tags", WAIT).await;
     assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     let log = agent.log_text();

@@ -68,7 +68,7 @@ async fn a_threshold_of_the_wrong_type_never_terminates() {
     ];
     for value in wrong {
         stack.cp.set_record_attr(id, "threshold", value).await;
-        wait_log(&agent, "has no threshold").await;
+        agent.assert_log("has no threshold", WAIT).await;
         assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
     }
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
@@ -87,7 +87,7 @@ async fn a_record_without_run_id_or_threshold_waits_and_never_terminates() {
         .await;
     let agent = stack.spawn_agent(&AgentSpec::default());
     stack.assert_signal("UD_OK", INITIAL_RUN_ID, WAIT).await;
-    wait_log(&agent, "has no threshold").await;
+    agent.assert_log("has no threshold", WAIT).await;
     assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
     assert_eq!(stack.count_events("CONFIGURE"), 0);
     // The control plane repairs the record: the claim is served.
@@ -119,10 +119,14 @@ async fn a_missing_or_malformed_token_item_fails_the_claim_then_a_good_token_reg
     stack
         .assert_signal("UD_REG_FAILED", INITIAL_RUN_ID, WAIT)
         .await;
-    wait_log(&agent, "no registration token item in the table").await;
+    agent
+        .assert_log("no registration token item in the table", WAIT)
+        .await;
     // `value` a bare string, not the map.
     stack.cp.put_token_value(s(BARE)).await;
-    wait_log(&agent, "registration token item has no `value` map").await;
+    agent
+        .assert_log("registration token item has no `value` map", WAIT)
+        .await;
     // `token` a number.
     stack
         .cp
@@ -131,7 +135,9 @@ async fn a_missing_or_malformed_token_item_fails_the_claim_then_a_good_token_reg
             ("expires_at", s(&an_hour_from_now())),
         ]))
         .await;
-    wait_log(&agent, "the registration token is empty").await;
+    agent
+        .assert_log("the registration token is empty", WAIT)
+        .await;
     // `expires_at` garbage, then a number.
     stack
         .cp
@@ -140,7 +146,9 @@ async fn a_missing_or_malformed_token_item_fails_the_claim_then_a_good_token_reg
             ("expires_at", s("next tuesday")),
         ]))
         .await;
-    wait_log(&agent, "\\\"next tuesday\\\" is not a timestamp").await;
+    agent
+        .assert_log("\\\"next tuesday\\\" is not a timestamp", WAIT)
+        .await;
     stack
         .cp
         .put_token_value(token_map(&[
@@ -148,7 +156,9 @@ async fn a_missing_or_malformed_token_item_fails_the_claim_then_a_good_token_reg
             ("expires_at", AttributeValue::N("1893456000".into())),
         ]))
         .await;
-    wait_log(&agent, "the registration token has no expires_at").await;
+    agent
+        .assert_log("the registration token has no expires_at", WAIT)
+        .await;
     assert_eq!(stack.count_events("CONFIGURE"), 0, "config.sh ran");
     let signal = stack.cp.signal(&stack.instance_id).await.unwrap();
     assert_eq!(

@@ -23,14 +23,6 @@ mod state_dir;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn wait_log(agent: &AgentProcess, needle: &str) {
-    assert!(
-        agent.wait_log(needle, WAIT).await,
-        "no {needle:?} in the log:\n{}",
-        agent.log_text()
-    );
-}
-
 fn state_dir(stack: &Stack) -> PathBuf {
     stack.dir.path().join("state")
 }

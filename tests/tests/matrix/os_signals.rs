@@ -44,7 +44,9 @@ async fn sighup_in_every_state_is_logged_and_changes_nothing() {
     });
     // Booting: IMDS not there yet. The signal is held until the agent
     // knows its instance, then logged.
-    wait_log(&agent, "instance metadata not ready; retrying").await;
+    agent
+        .assert_log("instance metadata not ready; retrying", WAIT)
+        .await;
     agent.kill(libc::SIGHUP);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.imds.set_down(false);

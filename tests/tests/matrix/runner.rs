@@ -14,10 +14,7 @@ async fn a_listener_crash_loop_is_restarted_with_back_off_and_the_release_answer
     std::fs::write(jobs.join(format!("{INITIAL_RUN_ID}.exit")), "42").unwrap();
     // Exit, then restarts after 1 s, 2 s, 4 s: four exits within ~9 s.
     let started = Instant::now();
-    while stack.count_events("LISTENER_EXIT") < 4 {
-        assert!(started.elapsed() < WAIT, "{}", agent.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_events("LISTENER_EXIT", 4).await;
     assert!(started.elapsed() >= Duration::from_secs(6), "no back-off");
     let log = agent.log_text();
     assert!(

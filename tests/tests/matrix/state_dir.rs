@@ -1,53 +1,7 @@
 //! The state dir.
 
 use super::*;
-use std::path::Path;
-
-/// A mount made by the test (we run as root), unmounted however the test
-/// ends; lazily, in case something still holds a file in it.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, options: &str) -> Mount {
-        std::fs::create_dir_all(at).unwrap();
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", options, "tmpfs", path_str(at)],
-        );
-        Mount(at.to_owned())
-    }
-
-    /// `at` seen read-only from now on: a read-only bind mount over it.
-    /// (A remount of the file system itself is refused while the agent
-    /// holds its lock file open for writing; files opened from now on,
-    /// like the state's temp file, get EROFS as on a read-only volume.)
-    fn read_only_over(at: &Path) -> Mount {
-        run("mount", &["--bind", path_str(at), path_str(at)]);
-        let mount = Mount(at.to_owned());
-        run("mount", &["-o", "remount,bind,ro", path_str(at)]);
-        mount
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", path_str(&self.0)])
-            .status();
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = std::process::Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?}: {status}");
-}
+use stack::mount::Mount;
 
 /// A read-only state dir at start: the lock (which keeps a second agent
 /// off the runner) cannot be taken; the agent refuses to start with the
@@ -119,7 +73,7 @@ async fn a_corrupt_state_file_after_a_crash_starts_afresh_with_one_runner() {
     first.wait_exit(WAIT).await.expect("killed");
     std::fs::write(state_dir(&stack).join("state.json"), b"{\"phase\": \"serv").unwrap();
     let agent = stack.spawn_agent(&AgentSpec::default());
-    wait_log(&agent, "ignoring unreadable state").await;
+    agent.assert_log("ignoring unreadable state", WAIT).await;
     let started = Instant::now();
     while stack.count_events("CONFIGURE ") < 2 || stack.live_listeners().is_empty() {
         assert!(started.elapsed() < WAIT, "{}", agent.log_text());
