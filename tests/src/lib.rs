@@ -7,6 +7,7 @@ pub mod control;
 pub mod docker;
 pub mod fleet;
 pub mod github;
+pub mod golden;
 pub mod http;
 pub mod imds;
 pub mod invariants;
