@@ -71,6 +71,16 @@ impl Stack {
         self.dir.path().join("home")
     }
 
+    /// Where `spawn_agent` appends every agent's stderr: one log a stack.
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// The agent log's text, "" before any agent wrote to it.
+    pub fn agent_log_text(&self) -> String {
+        std::fs::read_to_string(self.agent_log()).unwrap_or_default()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -174,7 +184,7 @@ impl Stack {
     /// to `agent.log` in the stack dir.
     pub fn spawn_agent(&self, spec: &AgentSpec) -> AgentProcess {
         self.write_config(spec);
-        let log = self.dir.path().join("agent.log");
+        let log = self.agent_log();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,17 +200,12 @@ impl Stack {
         AgentProcess { child, log }
     }
 
-    /// Installs the runner the way an image bake does (`runner-agent
-    /// install`), so the agent finds it already unpacked.
     /// Starts the agent and waits until it is registered for the initial
     /// run and its listener runs.
     pub async fn boot_agent(&self, spec: &AgentSpec) -> AgentProcess {
         const WAIT: Duration = Duration::from_secs(30);
         let agent = self.spawn_agent(spec);
-        self.cp
-            .wait_signal(&self.instance_id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-            .await
-            .unwrap_or_else(|last| panic!("not registered: {last:?}\n{}", agent.log_text()));
+        self.assert_signal("UD_REG_OK", INITIAL_RUN_ID, WAIT).await;
         let started = std::time::Instant::now();
         while self.count_events("LISTENER_START") == 0 {
             assert!(
@@ -213,6 +218,8 @@ impl Stack {
         agent
     }
 
+    /// Installs the runner the way an image bake does (`runner-agent
+    /// install`), so the agent finds it already unpacked.
     pub async fn preinstall_runner(&self, spec: &AgentSpec) {
         self.write_config(spec);
         let out = self
@@ -247,6 +254,16 @@ impl AgentProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `within` until a log line contains `needle`; panics
+    /// with the log if none does.
+    pub async fn assert_log(&self, needle: &str, within: Duration) {
+        assert!(
+            self.wait_log(needle, within).await,
+            "no {needle:?} in the agent's log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Waits until a log line contains `needle`.

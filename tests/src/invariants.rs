@@ -1,11 +1,11 @@
 //! What every fault scenario asserts, whatever the fault: the agent did not
 //! panic, wrote no secret to its log, did not terminate the instance unless
 //! the scenario says it must, and the signal the control plane waits for
-//! is in the table. One place, so that a scenario cannot forget one.
+//! is in the table (`Stack::assert_signal`, signals.rs). One place, so
+//! that a scenario cannot forget one.
 
 use crate::agent::AgentProcess;
 use crate::Stack;
-use std::time::Duration;
 
 /// The registration token every stack starts with (`Stack::start`).
 pub const STACK_TOKEN: &str = "AAAAFAKEREGISTRATIONTOKEN";
@@ -37,17 +37,6 @@ impl Stack {
             state != "terminated" && state != "shutting-down",
             "instance wrongly terminated (state {state})"
         );
-    }
-
-    /// The signal the control plane waits for arrives within `within`.
-    pub async fn assert_signal(&self, state: &str, run_id: &str, within: Duration) {
-        if let Err(last) = self
-            .cp
-            .wait_signal(&self.instance_id, state, run_id, within)
-            .await
-        {
-            panic!("signal lost: wanted {state} for {run_id}, the table holds {last:?}");
-        }
     }
 
     /// The invariants that hold after every scenario, the signal aside:

@@ -7,14 +7,18 @@ pub mod control;
 pub mod docker;
 pub mod fleet;
 pub mod github;
+pub mod golden;
 pub mod http;
 pub mod imds;
 pub mod invariants;
 pub mod moto;
+pub mod mount;
 pub mod proxy;
 pub mod sandbox;
+pub mod signals;
 pub mod users;
 
+pub use signals::{CLAIM_WAIT, SIGNAL_WAIT};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -183,25 +187,6 @@ impl Stack {
             .collect()
     }
 
-    /// Waits (up to 30 s) for the worker signal `state` for `run_id`, as
-    /// the control plane does; panics with the last signal seen.
-    pub async fn expect_signal(&self, state: &str, run_id: &str) {
-        self.expect_signal_within(state, run_id, Duration::from_secs(30))
-            .await
-    }
-
-    /// `expect_signal` with the control plane's patience for this signal
-    /// (10 s after a claim).
-    pub async fn expect_signal_within(&self, state: &str, run_id: &str, timeout: Duration) {
-        if let Err(last) = self
-            .cp
-            .wait_signal(&self.instance_id, state, run_id, timeout)
-            .await
-        {
-            panic!("no {state} for run {run_id} within {timeout:?}; last signal: {last:?}");
-        }
-    }
-
     /// The fake runner's log lines that start with `prefix`, in order.
     pub fn events(&self, prefix: &str) -> Vec<String> {
         self.runner_events()
@@ -247,6 +232,21 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         false
+    }
+
+    /// Waits (up to 30 s) until the fake runner logged `count` events that
+    /// start with `prefix`; panics with its events and the agent's log.
+    pub async fn wait_events(&self, prefix: &str, count: usize) {
+        let started = std::time::Instant::now();
+        while self.count_events(prefix) < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {count}x {prefix}: {:#?}\n{}",
+                self.runner_events(),
+                self.agent_log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn count_events(&self, prefix: &str) -> usize {

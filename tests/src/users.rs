@@ -1,10 +1,58 @@
 //! Users a test creates: the dedicated runner user of a hostile-job test,
 //! the users whose isolation hardened mode checks. Made afresh (a leftover
 //! of a killed run is removed first) and removed again when dropped, with
-//! whatever crontab, at jobs and processes they still have.
+//! whatever crontab, at jobs and processes they still have. Also what a
+//! test that switches users needs first: root, a system user that stays
+//! (`ensure_user`), and a stack the runner user can reach.
 
+use crate::Stack;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
+
+/// Whether the test runs as root; if not, it says that it is skipped and
+/// why (`needs`), and the caller returns.
+pub fn root_or_skip(needs: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: {needs}");
+    false
+}
+
+/// The uid of system user `name`, created if missing and left in place
+/// (tests of one binary share it).
+pub fn ensure_user(name: &str) -> u32 {
+    let id = || Command::new("id").args(["-u", name]).output().unwrap();
+    let mut out = id();
+    if !out.status.success() {
+        // Another test may create it at the same time.
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/bash", name])
+            .status();
+        out = id();
+    }
+    assert!(out.status.success(), "no user {name}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl Stack {
+    /// A runner user other than root must reach the stack's directory and
+    /// write the fake runner's log and job queue.
+    pub fn open_to_runner_user(&self) {
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(self.dir.path(), 0o755);
+        std::fs::write(self.runner_log(), "").unwrap();
+        mode(&self.runner_log(), 0o666);
+        mode(&self.jobs_dir(), 0o777);
+    }
+}
 
 pub struct TestUser {
     pub name: &'static str,

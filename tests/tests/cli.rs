@@ -2,8 +2,9 @@
 //! notification socket, and running the runner as another user.
 
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use stack::users::{ensure_user, root_or_skip};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -63,7 +64,9 @@ async fn status_json_reports_phase_and_registration() {
     let stack = Stack::start(StackOptions::default()).await;
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     // The agent stores the signal, then its state file: `status` may still
     // say "registering" for a moment after the signal is visible.
     let started = Instant::now();
@@ -138,48 +141,18 @@ async fn notifies_systemd_ready_and_status() {
 /// `_diag`. Needs root to create the user and switch to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_runs_as_the_configured_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching users needs root");
+    if !root_or_skip("switching users needs root") {
         return;
     }
     const USER: &str = "ra-runner";
-    let exists = std::process::Command::new("id")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        let status = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/bash", USER])
-            .status()
-            .unwrap();
-        assert!(
-            status.success()
-                || std::process::Command::new("id")
-                    .arg(USER)
-                    .status()
-                    .unwrap()
-                    .success()
-        );
-    }
+    ensure_user(USER);
     let stack = Stack::start(StackOptions::default()).await;
-    // The runner user must reach its directory and the fake's log and queue.
-    std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let agent = stack.spawn_agent(&AgentSpec {
+    stack.open_to_runner_user();
+    let _agent = stack.spawn_agent(&AgentSpec {
         user: Some(USER.into()),
         ..Default::default()
     });
-    let id = &stack.instance_id;
-    stack
-        .cp
-        .wait_signal(id, "UD_REG_OK", INITIAL_RUN_ID, WAIT)
-        .await
-        .unwrap_or_else(|l| panic!("{l:?}\n{}", agent.log_text()));
+    stack.assert_signal("UD_REG_OK", INITIAL_RUN_ID, WAIT).await;
     let id_of = |flag: &str| -> u32 {
         let out = std::process::Command::new("id")
             .args([flag, USER])
@@ -226,9 +199,6 @@ async fn runner_runs_as_the_configured_user() {
         .unwrap()
         .uid();
     assert_eq!(listener_uid, uid, "listener not running as {USER}");
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     assert!(!stack.runner_dir().join(".runner").exists());
 }

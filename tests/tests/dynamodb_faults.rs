@@ -5,7 +5,7 @@
 //! works, and the invariants (`stack::invariants`).
 
 use stack::agent::{AgentProcess, AgentSpec};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 
 /// The control plane's patience for UD_REG_OK after a claim, plus what a
@@ -15,24 +15,17 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(15);
 /// Booted, registered for the initial run and released: idle.
 async fn idle_agent(stack: &Stack) -> AgentProcess {
     let agent = stack.boot_agent(&AgentSpec::default()).await;
-    release(stack, INITIAL_RUN_ID, "created").await;
+    stack.release_initial().await;
     agent
-}
-
-async fn release(stack: &Stack, run_id: &str, from: &str) {
-    stack.cp.release(&stack.instance_id, run_id, from).await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id)
-        .await;
 }
 
 /// A claim answered within the control plane's window, then released.
 async fn claim_and_release(stack: &Stack, run_id: &str) {
     stack.cp.claim(&stack.instance_id, run_id).await;
     stack
-        .expect_signal_within("UD_REG_OK", run_id, CLAIM_PATIENCE)
+        .assert_signal("UD_REG_OK", run_id, CLAIM_PATIENCE)
         .await;
-    release(stack, run_id, "claimed").await;
+    stack.release_run(run_id, "claimed").await;
 }
 
 fn reads_between(stack: &Stack, from: Instant, to: Instant) -> usize {
@@ -117,9 +110,9 @@ async fn a_claim_during_a_read_throttle_is_answered_when_it_lifts() {
     );
     stack.proxy.clear_faults();
     stack
-        .expect_signal_within("UD_REG_OK", "2000-1", CLAIM_PATIENCE)
+        .assert_signal("UD_REG_OK", "2000-1", CLAIM_PATIENCE)
         .await;
-    release(&stack, "2000-1", "claimed").await;
+    stack.release_run("2000-1", "claimed").await;
     stack.assert_invariants(&agent, &[]).await;
 }
 
@@ -141,7 +134,7 @@ async fn throttled_writes_during_a_release_are_retried_until_stored() {
     assert!(refused.unwrap_or(0) >= 2, "{refused:?}");
     stack.proxy.clear_faults();
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     let log = agent.log_text();
     assert_eq!(
@@ -219,8 +212,10 @@ async fn dynamodb_down_at_boot_then_up_signals_the_initial_run() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(stack.cp.signal(&stack.instance_id).await.is_none());
     stack.proxy.set_down(false);
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
-    release(&stack, INITIAL_RUN_ID, "created").await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
+    stack.release_initial().await;
     stack.assert_invariants(&agent, &[]).await;
 }
 

@@ -2,7 +2,7 @@
 //! expiry decisions, crashes, stops, spot notices, AWS outages.
 
 use stack::agent::{AgentProcess, AgentSpec};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,7 +37,9 @@ async fn failing_pre_runner_script_signals_ud_failed_and_never_registers() {
         pre_runner: Some("echo about to fail\nexit 7\n".into()),
         ..Default::default()
     });
-    stack.expect_signal("UD_FAILED", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_FAILED", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     // The record is claimed for the initial run; a failed instance must not
     // register for it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -58,7 +60,9 @@ async fn expired_token_is_refused_then_a_fresh_one_registers() {
         .put_token("EXPIREDTOKEN", time::Duration::minutes(-5))
         .await;
     let agent = stack.spawn_agent(&AgentSpec::default());
-    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_FAILED", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(
         stack.count_events("CONFIGURE"),
         0,
@@ -68,7 +72,9 @@ async fn expired_token_is_refused_then_a_fresh_one_registers() {
         .cp
         .put_token("FRESHTOKEN", time::Duration::hours(1))
         .await;
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1);
     assert!(agent.log_text().contains("expired"), "reason not logged");
 }
@@ -89,7 +95,9 @@ async fn checksum_mismatch_unpacks_nothing_and_runs_nothing() {
         .tarball
         .extend_from_slice(b"tampered");
     let agent = stack.spawn_agent(&AgentSpec::default());
-    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_FAILED", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert!(!stack.runner_dir().exists(), "something was unpacked");
     assert_eq!(stack.count_events("CONFIGURE"), 0);
     assert_eq!(stack.count_events("LISTENER_START"), 0);
@@ -114,7 +122,9 @@ async fn pinned_digest_is_used_and_a_wrong_pin_is_refused() {
         sha256: Some(wrong.clone()),
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_FAILED", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_FAILED", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert!(agent.log_text().contains(&wrong));
     assert!(!stack.runner_dir().exists());
 }
@@ -200,11 +210,7 @@ async fn expiry_never_terminates_without_the_tag_or_a_readable_threshold() {
         let stack = stack_with_tags(tags, true).await;
         let agent = boot(&stack, &AgentSpec::default()).await;
         stack.cp.set_threshold(&stack.instance_id, threshold).await;
-        assert!(
-            agent.wait_log(reason, Duration::from_secs(10)).await,
-            "no {reason:?} in\n{}",
-            agent.log_text()
-        );
+        agent.assert_log(reason, Duration::from_secs(10)).await;
         assert!(!stack.wait_terminated(Duration::from_secs(2)).await);
         assert_eq!(stack.proxy.counts().get("TerminateInstances"), 0);
     }
@@ -226,7 +232,7 @@ async fn dynamodb_outage_never_terminates_and_the_agent_recovers() {
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack.proxy.set_down(false);
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     assert_eq!(
         stack.cp.instance_state(id).await,
@@ -247,13 +253,9 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
     let stack = Stack::start(StackOptions::default()).await;
     crash_while_registered(&stack).await;
     let agent = stack.spawn_agent(&AgentSpec::default());
-    assert!(
-        agent
-            .wait_log("re-attached to the running runner", WAIT)
-            .await,
-        "{}",
-        agent.log_text()
-    );
+    agent
+        .assert_log("re-attached to the running runner", WAIT)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(stack.count_events("CONFIGURE "), 1, "registered twice");
     assert_eq!(stack.count_events("CONFIGURE_REFUSED"), 0);
@@ -263,10 +265,7 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
         "a second listener started"
     );
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     assert!(
         stack.live_listeners().is_empty(),
         "adopted runner still running: {:#?}\n{}",
@@ -274,7 +273,9 @@ async fn sigkill_mid_claim_then_restart_reattaches_without_a_second_registration
         agent.log_text()
     );
     stack.cp.claim(id, "3000-1").await;
-    stack.expect_signal("UD_REG_OK", "3000-1").await;
+    stack
+        .assert_signal("UD_REG_OK", "3000-1", SIGNAL_WAIT)
+        .await;
     assert!(
         stack
             .runner_events()
@@ -292,7 +293,7 @@ async fn released_while_down_is_deregistered_and_signalled_on_restart() {
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     let _agent = stack.spawn_agent(&AgentSpec::default());
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
     assert!(!stack.runner_dir().join(".runner").exists());
     assert!(
@@ -350,15 +351,8 @@ async fn spot_notice_deregisters_at_once_and_signals() {
         .imds
         .set_spot_notice(r#"{"action": "terminate", "time": "2026-11-22T10:00:00Z"}"#);
     stack
-        .cp
-        .wait_signal(
-            &stack.instance_id,
-            "UD_SPOT_INTERRUPTED",
-            INITIAL_RUN_ID,
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|last| panic!("{last:?}\n{}", agent.log_text()));
+        .assert_signal("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
+        .await;
     assert!(!stack.runner_dir().join(".runner").exists());
     assert!(
         stack.live_listeners().is_empty(),
@@ -381,17 +375,11 @@ async fn a_policy_without_batch_get_item_still_serves_claims() {
     stack.proxy.deny("BatchGetItem");
     let agent = boot(&stack, &AgentSpec::default()).await;
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     for run in ["7100-1", "7100-2"] {
         stack.cp.claim(id, run).await;
-        stack.expect_signal("UD_REG_OK", run).await;
-        stack.cp.release(id, run, "claimed").await;
-        stack
-            .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run)
-            .await;
+        stack.assert_signal("UD_REG_OK", run, SIGNAL_WAIT).await;
+        stack.release_run(run, "claimed").await;
     }
     let log = agent.log_text();
     assert_eq!(log.matches("BatchGetItem denied").count(), 1, "{log}");

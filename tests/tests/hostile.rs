@@ -6,26 +6,23 @@
 //! nothing the job did may reach the next run, and nothing outside what
 //! the reset owns may have been touched.
 
-use super::reset::expect;
 use stack::agent::AgentSpec;
-use stack::users::{at_jobs_of, sysv_of, TestUser};
+use stack::users::{at_jobs_of, root_or_skip, sysv_of, TestUser};
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const SIGNAL_WAIT: Duration = Duration::from_secs(60);
+/// This file's patience (signals after a reset, a job's steps): twice
+/// `stack::SIGNAL_WAIT`.
+const RESET_WAIT: Duration = Duration::from_secs(60);
 const RUNS: usize = 10;
 /// Files in each root-owned directory a job points a link at.
 const PRECIOUS_FILES: usize = 40;
 const BASHRC: &str = "# the operator's\n";
 
 fn root_only() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root (a user of its own, chown, cron)");
-    false
+    root_or_skip("needs root (a user of its own, chown, cron)")
 }
 
 /// Root's directories outside anything the reset owns, each holding
@@ -122,10 +119,7 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
     let stack = Stack::start(StackOptions::default()).await;
     let dir = stack.dir.path();
     let user = TestUser::with_home("ra-hostile", &stack.home_dir());
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    stack.open_to_runner_user();
     // What the operator prepared: kept, and put back after every run.
     let home = stack.home_dir();
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
@@ -142,7 +136,7 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
     }
     let targets = precious(dir);
     let leak = dir.join("leak");
-    let agent = stack.spawn_agent(&AgentSpec {
+    let _agent = stack.spawn_agent(&AgentSpec {
         user: Some(user.name.into()),
         reset: vec![format!(
             "temp_dirs = [\"{}\", \"/dev/shm\"]",
@@ -150,7 +144,9 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
         )],
         ..Default::default()
     });
-    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     let config_sh = stack.runner_dir().join("config.sh");
     let verified = digest(&config_sh);
     let id = stack.instance_id.clone();
@@ -181,7 +177,9 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
         );
 
         stack.cp.release(&id, &run_id, from).await;
-        expect(&stack, &agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id).await;
+        stack
+            .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", &run_id, RESET_WAIT)
+            .await;
 
         for target in &targets {
             let left = std::fs::read_dir(target).unwrap().count();
@@ -249,7 +247,7 @@ async fn ten_hostile_runs_leave_nothing_for_the_next() {
 
         let next = format!("7000-{run}");
         stack.cp.claim(&id, &next).await;
-        expect(&stack, &agent, "UD_REG_OK", &next).await;
+        stack.assert_signal("UD_REG_OK", &next, RESET_WAIT).await;
         assert!(
             !leak.exists(),
             "run {run}: a token reached {}",
@@ -292,7 +290,9 @@ async fn docker_state_that_comes_back_is_gone() {
         ],
         ..Default::default()
     });
-    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     let id = stack.instance_id.clone();
     let mut previous = (INITIAL_RUN_ID.to_owned(), "created");
     for run in 1..=3 {
@@ -318,7 +318,7 @@ echo steps done
             .is_empty()
         {
             assert!(
-                started.elapsed() < SIGNAL_WAIT,
+                started.elapsed() < RESET_WAIT,
                 "run {run}: no service task: {}",
                 stack.steps_log(&run_id)
             );
@@ -330,7 +330,9 @@ echo steps done
             "run {run}: the job re-tagged the baseline image"
         );
         stack.cp.release(&id, &run_id, from).await;
-        expect(&stack, &agent, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id).await;
+        stack
+            .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", &run_id, RESET_WAIT)
+            .await;
         // Nothing comes back a while later either.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
@@ -356,7 +358,7 @@ echo steps done
         );
         let next = format!("8000-{run}");
         stack.cp.claim(&id, &next).await;
-        expect(&stack, &agent, "UD_REG_OK", &next).await;
+        stack.assert_signal("UD_REG_OK", &next, RESET_WAIT).await;
         previous = (next, "claimed");
     }
     assert!(
@@ -383,7 +385,9 @@ async fn a_fork_bomb_and_a_memory_hog_do_not_starve_the_agent() {
         ],
         ..Default::default()
     });
-    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     assert!(
         agent.log_text().contains("pids 200, memory 67108864"),
         "limits not applied:\n{}",
@@ -406,7 +410,7 @@ echo steps done
     let started = std::time::Instant::now();
     while !stack.steps_log(INITIAL_RUN_ID).contains("steps done") {
         assert!(
-            started.elapsed() < SIGNAL_WAIT,
+            started.elapsed() < RESET_WAIT,
             "the job did not finish: {}",
             stack.steps_log(INITIAL_RUN_ID)
         );
@@ -439,13 +443,9 @@ echo steps done
         );
     }
     stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    expect(
-        &stack,
-        &agent,
-        "UD_REMOVE_REG_REMOVE_RUN_OK",
-        INITIAL_RUN_ID,
-    )
-    .await;
+    stack
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     stack.cp.claim(&id, "9000-1").await;
-    expect(&stack, &agent, "UD_REG_OK", "9000-1").await;
+    stack.assert_signal("UD_REG_OK", "9000-1", RESET_WAIT).await;
 }

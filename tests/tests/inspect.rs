@@ -1,10 +1,12 @@
 //! `runner-agent pool` against a table two agents of ours and a bash-agent
 //! instance (items with the protocol's attributes only) populate, after a
 //! claim/release cycle driven by the control-plane driver: one agent idle
-//! after its reset, the other running a job.
+//! after its reset, the other running a job. `RA_UPDATE_GOLDEN=1`
+//! rewrites the golden output (tests/golden/pool.txt).
 
 use stack::agent::{userdata_binary, AgentSpec};
 use stack::github::FAKE_RUNNER_VERSION;
+use stack::golden;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID};
 use std::time::Duration;
 
@@ -59,10 +61,7 @@ async fn the_pool_inspector_shows_two_agents_and_a_bash_agent_json_and_needs_onl
     let spec = AgentSpec::default();
     let agent = stack.boot_agent(&spec).await;
     let id = stack.instance_id.clone();
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     // Another instance of the pool, our agent too, registered for the
     // initial run (the control plane marks it running) and in a job.
     let sibling = stack.sibling().await;
@@ -118,9 +117,8 @@ async fn the_pool_inspector_shows_two_agents_and_a_bash_agent_json_and_needs_onl
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let golden = include_str!("../golden/pool.txt");
     let names = [(id.as_str(), "<ours>"), (other_id.as_str(), "<sibling>")];
-    assert_eq!(normalise(&text, &names), golden, "\n{text}");
+    golden::assert_text("pool.txt", &normalise(&text, &names), &text);
 
     let out = pool(&["--json"]).output().await.unwrap();
     assert!(out.status.success());

@@ -10,8 +10,9 @@ use runner_agent::runner::install::{
 };
 use stack::agent::AgentSpec;
 use stack::github::{fake_runner_tarball_of, FakeGithub, FAKE_RUNNER_VERSION};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use stack::users::{ensure_user, root_or_skip};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 const NEWER: &str = "2.400.0";
@@ -53,7 +54,9 @@ async fn a_baked_runner_without_the_marker_is_used_without_a_download() {
         env: vec![("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT".into(), "1".into())],
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0, "downloaded");
     assert_eq!(stack.github.state.lock().unwrap().api_requests, 0);
     assert_eq!(marker(&stack.runner_dir()), None, "marked without a check");
@@ -79,19 +82,13 @@ async fn a_baked_runner_without_the_marker_is_used_without_a_download() {
 /// runner user, so the runner can still write its logs there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_baked_runner_is_asked_its_version_as_the_runner_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching users needs root");
+    if !root_or_skip("switching users needs root") {
         return;
     }
     const USER: &str = "ra-runner";
     let uid = ensure_user(USER);
     let stack = Stack::start(StackOptions::default()).await;
-    // The runner user must reach its directory and the fake's log and queue.
-    std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(stack.runner_log(), "").unwrap();
-    std::fs::set_permissions(stack.runner_log(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(stack.jobs_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    stack.open_to_runner_user();
     bake(&stack.runner_dir(), FAKE_RUNNER_VERSION);
     let chown = std::process::Command::new("chown")
         .args(["-R", USER])
@@ -103,7 +100,9 @@ async fn a_baked_runner_is_asked_its_version_as_the_runner_user() {
         user: Some(USER.into()),
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0);
     assert_eq!(
         stack.count_events(&format!(
@@ -126,7 +125,9 @@ async fn latest_installs_the_newest_release_at_boot() {
         runner_version: Some("latest".into()),
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     assert_eq!(stack.github.downloads(NEWER), 1);
     assert_eq!(stack.github.downloads(FAKE_RUNNER_VERSION), 0);
     assert_eq!(marker(&stack.runner_dir()).as_deref(), Some(NEWER));
@@ -361,28 +362,4 @@ async fn an_upgrade_that_fails_verification_leaves_the_runner_as_it_was() {
     );
     assert_eq!(github.downloads("2.401.0"), 0);
     assert_eq!(listener_version(&dir), FAKE_RUNNER_VERSION);
-}
-
-/// The uid of system user `name`, created if missing.
-fn ensure_user(name: &str) -> u32 {
-    let id = || {
-        std::process::Command::new("id")
-            .args(["-u", name])
-            .output()
-            .unwrap()
-    };
-    let mut out = id();
-    if !out.status.success() {
-        // Another test may create it at the same time.
-        let _ = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/bash", name])
-            .status();
-        out = id();
-    }
-    assert!(out.status.success(), "no user {name}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }

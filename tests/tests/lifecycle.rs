@@ -2,10 +2,8 @@
 //! side played by the driver.
 
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::Duration;
-
-const SIGNAL_WAIT: Duration = Duration::from_secs(30);
 
 /// boot → UD_OK → (created for the initial run) UD_REG_OK → release →
 /// UD_REMOVE_REG_REMOVE_RUN_OK, then five claim/release cycles from idle,
@@ -19,37 +17,28 @@ async fn full_lifecycle_and_five_more_cycles() {
         ..Default::default()
     });
     let cp = &stack.cp;
-    stack.expect_signal("UD_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     // The control plane created the instance for the initial run: claimed.
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
-    assert!(
-        agent
-            .wait_log("preparing the instance", Duration::from_secs(5))
-            .await
-    );
-    cp.release(&id, INITIAL_RUN_ID, "created").await;
-    cp.wait_signal(
-        &id,
-        "UD_REMOVE_REG_REMOVE_RUN_OK",
-        INITIAL_RUN_ID,
-        SIGNAL_WAIT,
-    )
-    .await
-    .expect("released");
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
+    agent
+        .assert_log("preparing the instance", Duration::from_secs(5))
+        .await;
+    stack.release_initial().await;
 
     for cycle in 1..=5 {
         let run_id = format!("2000-{cycle}");
         cp.claim(&id, &run_id).await;
-        stack.expect_signal("UD_REG_OK", &run_id).await;
+        stack.assert_signal("UD_REG_OK", &run_id, SIGNAL_WAIT).await;
         if cycle == 3 {
             stack.queue_job(&run_id, 2);
             assert!(agent.wait_log("", Duration::from_millis(1)).await);
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        cp.release(&id, &run_id, "claimed").await;
-        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", &run_id, SIGNAL_WAIT)
-            .await
-            .unwrap_or_else(|last| panic!("cycle {cycle}: not released: {last:?}"));
+        stack.release_run(&run_id, "claimed").await;
     }
 
     let configures = stack.events("CONFIGURE ");

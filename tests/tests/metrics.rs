@@ -5,7 +5,7 @@
 
 use runner_agent::metrics::sample;
 use stack::agent::AgentSpec;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,14 +51,6 @@ fn total(text: &str, family: &str, label: &str) -> f64 {
         .sum()
 }
 
-async fn wait_events(stack: &Stack, prefix: &str, count: usize) {
-    let started = Instant::now();
-    while stack.count_events(prefix) < count {
-        assert!(started.elapsed() < WAIT, "no {count}x {prefix}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -81,19 +73,15 @@ async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
     // 250 ms), the initial
     // run is released, then one more claim and release.
     std::fs::write(stack.jobs_dir().join(format!("{INITIAL_RUN_ID}.exit")), "2").unwrap();
-    wait_events(&stack, "LISTENER_START", 2).await;
+    stack.wait_events("LISTENER_START", 2).await;
     stack.queue_job(INITIAL_RUN_ID, 3);
-    wait_events(&stack, "JOB_END", 1).await;
-    stack.cp.release(&id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.wait_events("JOB_END", 1).await;
+    stack.release_initial().await;
     stack.cp.claim(&id, "2000-1").await;
-    stack.expect_signal("UD_REG_OK", "2000-1").await;
-    stack.cp.release(&id, "2000-1", "claimed").await;
     stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", "2000-1")
+        .assert_signal("UD_REG_OK", "2000-1", SIGNAL_WAIT)
         .await;
+    stack.release_run("2000-1", "claimed").await;
     // The signal is stored before the metrics see it stored.
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -2,14 +2,17 @@
 //! (tests/src/docker.rs), the fake runner running a job's steps as a child
 //! of its listener (as Runner.Worker does), and the control plane's driver.
 
-use stack::agent::{AgentProcess, AgentSpec};
+use stack::agent::AgentSpec;
 use stack::docker::{alive, Dockerd, IMAGE};
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::mount::Mount;
+use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-const SIGNAL_WAIT: Duration = Duration::from_secs(60);
+/// This file's patience (signals after a reset, a job's steps): twice
+/// `stack::SIGNAL_WAIT`.
+const RESET_WAIT: Duration = Duration::from_secs(60);
 
 /// A job that leaves everything a reset must take: containers (running and
 /// stopped, one with a volume), a named volume, a network, files in the
@@ -40,33 +43,22 @@ echo steps done
     )
 }
 
-/// Waits for the signal `state` for `run_id`; panics with the agent's log.
-pub(crate) async fn expect(stack: &Stack, agent: &AgentProcess, state: &str, run_id: &str) {
-    if let Err(last) = stack
-        .cp
-        .wait_signal(&stack.instance_id, state, run_id, SIGNAL_WAIT)
-        .await
-    {
-        panic!("no {state} for {run_id}: {last:?}\n{}", agent.log_text());
-    }
-}
-
 /// The initial run's release fails its reset, and the claim of `next` is
 /// refused.
-async fn expect_unclean(stack: &Stack, agent: &AgentProcess, next: &str) {
+async fn expect_unclean(stack: &Stack, next: &str) {
     stack
         .cp
         .release(&stack.instance_id, INITIAL_RUN_ID, "created")
         .await;
-    expect(
-        stack,
-        agent,
-        "UD_REMOVE_REG_REMOVE_RUN_FAILED",
-        INITIAL_RUN_ID,
-    )
-    .await;
+    stack
+        .assert_signal(
+            "UD_REMOVE_REG_REMOVE_RUN_FAILED",
+            INITIAL_RUN_ID,
+            RESET_WAIT,
+        )
+        .await;
     stack.cp.claim(&stack.instance_id, next).await;
-    expect(stack, agent, "UD_REG_FAILED", next).await;
+    stack.assert_signal("UD_REG_FAILED", next, RESET_WAIT).await;
 }
 
 fn set(lines: Vec<String>) -> BTreeSet<String> {
@@ -109,7 +101,9 @@ async fn ten_runs_leave_nothing_behind_but_the_caches() {
     let id = stack.instance_id.clone();
     let cp = &stack.cp;
     let mut previous = (INITIAL_RUN_ID.to_owned(), "created");
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     for n in 1..=10 {
         let (run_id, from) = &previous;
         let pidfile = stack.dir.path().join(format!("daemon-{n}.pid"));
@@ -126,9 +120,9 @@ async fn ten_runs_leave_nothing_behind_but_the_caches() {
             "run {n}: the job's containers run"
         );
         cp.release(&id, run_id, from).await;
-        cp.wait_signal(&id, "UD_REMOVE_REG_REMOVE_RUN_OK", run_id, SIGNAL_WAIT)
-            .await
-            .unwrap_or_else(|last| panic!("run {n}: {last:?}\n{}", agent.log_text()));
+        stack
+            .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", run_id, RESET_WAIT)
+            .await;
 
         assert!(!alive(daemon), "run {n}: the setsid daemon survived");
         assert_eq!(
@@ -172,7 +166,7 @@ async fn ten_runs_leave_nothing_behind_but_the_caches() {
 
         let next = format!("3000-{n}");
         cp.claim(&id, &next).await;
-        stack.expect_signal("UD_REG_OK", &next).await;
+        stack.assert_signal("UD_REG_OK", &next, SIGNAL_WAIT).await;
         previous = (next, "claimed");
     }
     assert!(
@@ -200,10 +194,12 @@ async fn docker_gone_fails_the_reset_and_refuses_the_next_claim() {
         ],
         ..Default::default()
     });
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     dockerd.lines(&["run", "-d", "--network", "none", IMAGE, "sleep", "1000"]);
     dockerd.stop();
-    expect_unclean(&stack, &agent, "4000").await;
+    expect_unclean(&stack, "4000").await;
     assert_eq!(
         stack.count_events("CONFIGURE "),
         1,
@@ -226,41 +222,25 @@ async fn a_full_volume_fails_the_health_check() {
         reset: vec!["min_free_space = \"32MiB\"".into()],
         ..Default::default()
     });
-    expect(&stack, &agent, "UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     // Installed: _work becomes a small volume of its own.
     let volume = stack.runner_dir().join("_work");
-    std::fs::create_dir_all(&volume).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "ra-test-work"])
-        .arg(&volume)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mounting a tmpfs (needs root)");
-    let _unmount = Unmount(volume.clone());
+    let _unmount = Mount::tmpfs(&volume, "size=64m");
     // The tool cache is kept, and here it leaves too little room.
     stack.queue_steps(
         INITIAL_RUN_ID,
         "mkdir -p ../../_tool && head -c 40000000 /dev/zero > ../../_tool/big\necho steps done\n",
     );
     stack.wait_steps(INITIAL_RUN_ID).await;
-    expect_unclean(&stack, &agent, "5000").await;
+    expect_unclean(&stack, "5000").await;
     assert!(
         agent.log_text().contains("free on the runner's volume"),
         "{}",
         agent.log_text()
     );
     drop(agent);
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// SIGKILL in the middle of a reset (a workspace of 30,000 files takes a
@@ -271,7 +251,9 @@ async fn sigkill_during_a_reset_then_restart_finishes_it_before_the_signal() {
     let spec = AgentSpec::default();
     let agent = stack.spawn_agent(&spec);
     let id = stack.instance_id.clone();
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
+    stack
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
+        .await;
     stack.queue_steps(
         INITIAL_RUN_ID,
         "for d in $(seq 1 300); do mkdir -p many/$d; (cd many/$d && touch $(seq 1 100)); done\necho steps done\n",
@@ -285,7 +267,7 @@ async fn sigkill_during_a_reset_then_restart_finishes_it_before_the_signal() {
         .contains("\"resetting\"")
     {
         assert!(
-            started.elapsed() < SIGNAL_WAIT,
+            started.elapsed() < RESET_WAIT,
             "no reset seen\n{}",
             agent.log_text()
         );
@@ -299,13 +281,9 @@ async fn sigkill_during_a_reset_then_restart_finishes_it_before_the_signal() {
         "signalled before the reset ended"
     );
     let again = stack.spawn_agent(&spec);
-    expect(
-        &stack,
-        &again,
-        "UD_REMOVE_REG_REMOVE_RUN_OK",
-        INITIAL_RUN_ID,
-    )
-    .await;
+    stack
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID, RESET_WAIT)
+        .await;
     assert!(
         again.log_text().contains("resuming a reset"),
         "{}",

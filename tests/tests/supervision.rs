@@ -9,13 +9,11 @@ use runner_agent::runner::install::present::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::control::iso;
 use stack::github::FAKE_RUNNER_VERSION;
-use stack::{Stack, StackOptions, INITIAL_RUN_ID};
+use stack::{Stack, StackOptions, CLAIM_WAIT, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 const WAIT: Duration = Duration::from_secs(30);
-/// The control plane gives a claimed instance 10 s to answer.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 fn notices_fast() -> AgentSpec {
     AgentSpec {
@@ -24,19 +22,6 @@ fn notices_fast() -> AgentSpec {
             "spot_job_margin = \"20s\"".into(),
         ],
         ..Default::default()
-    }
-}
-
-async fn wait_events(stack: &Stack, prefix: &str, count: usize, log: impl Fn() -> String) {
-    let started = Instant::now();
-    while stack.count_events(prefix) < count {
-        assert!(
-            started.elapsed() < WAIT,
-            "no {count}x {prefix}: {:#?}\n{}",
-            stack.runner_events(),
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -51,7 +36,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     let agent = stack.boot_agent(&notices_fast()).await;
     let id = &stack.instance_id;
     stack.queue_job(INITIAL_RUN_ID, 120);
-    wait_events(&stack, "JOB_START", 1, || agent.log_text()).await;
+    stack.wait_events("JOB_START", 1).await;
     // Interruption 28 s ahead, margin 20 s: the job may run ~8 s more.
     let at = OffsetDateTime::now_utc() + Duration::from_secs(28);
     let noticed = Instant::now();
@@ -59,11 +44,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
         r#"{{"action": "terminate", "time": "{}"}}"#,
         iso(at)
     ));
-    assert!(
-        agent.wait_log("a job runs", WAIT).await,
-        "{}",
-        agent.log_text()
-    );
+    agent.assert_log("a job runs", WAIT).await;
     assert_eq!(
         stack.count_events("JOB_END"),
         0,
@@ -71,7 +52,7 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     );
     assert_eq!(stack.live_listeners().len(), 1);
     stack
-        .expect_signal_within("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
+        .assert_signal("UD_SPOT_INTERRUPTED", INITIAL_RUN_ID, WAIT)
         .await;
     let ran = noticed.elapsed();
     assert!(ran >= Duration::from_secs(5), "stopped after {ran:?}");
@@ -81,12 +62,12 @@ async fn a_spot_notice_lets_the_job_run_until_its_time_minus_the_margin_then_fai
     // The run is released: answered as failed, so the instance is not pooled.
     stack.cp.release(id, INITIAL_RUN_ID, "created").await;
     stack
-        .expect_signal_within("UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
+        .assert_signal("UD_REMOVE_REG_REMOVE_RUN_FAILED", INITIAL_RUN_ID, WAIT)
         .await;
     // A new claim is refused within the control plane's 10 s.
     stack.cp.claim(id, "3000").await;
     stack
-        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .assert_signal("UD_REG_FAILED", "3000", CLAIM_WAIT)
         .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1);
 }
@@ -96,17 +77,16 @@ async fn a_rebalance_recommendation_while_idle_leaves_the_pool_at_once() {
     let stack = Stack::start(StackOptions::default()).await;
     let agent = stack.boot_agent(&notices_fast()).await;
     let id = &stack.instance_id;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     stack
         .imds
         .set_rebalance(r#"{"noticeTime": "2026-11-28T10:00:00Z"}"#);
-    stack.expect_signal("UD_SPOT_INTERRUPTED", "").await;
+    stack
+        .assert_signal("UD_SPOT_INTERRUPTED", "", SIGNAL_WAIT)
+        .await;
     stack.cp.claim(id, "3000").await;
     stack
-        .expect_signal_within("UD_REG_FAILED", "3000", CLAIM_WAIT)
+        .assert_signal("UD_REG_FAILED", "3000", CLAIM_WAIT)
         .await;
     assert_eq!(stack.count_events("CONFIGURE "), 1, "no registration");
     assert!(agent.log_text().contains("rebalance recommendation"));
@@ -118,13 +98,13 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     // 2 (retryable): restarted, same registration.
     exit_listener_with(&stack, 2);
-    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    stack.wait_events("LISTENER_START", 2).await;
     assert!(agent.log_text().contains("exited 2 (retryable error)"));
     assert_eq!(stack.count_events("CONFIGURE "), 1);
     // 5 (session conflict): deregistered and registered under a new name.
     exit_listener_with(&stack, 5);
-    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
-    wait_events(&stack, "LISTENER_START", 3, || agent.log_text()).await;
+    stack.wait_events("CONFIGURE ", 2).await;
+    stack.wait_events("LISTENER_START", 3).await;
     let log = agent.log_text();
     assert!(log.contains("exited 5 (session conflict)"), "{log}");
     let configures = stack.events("CONFIGURE ");
@@ -141,11 +121,8 @@ async fn listener_exit_codes_restart_it_and_a_session_conflict_registers_again()
     );
     // The new registration serves the run.
     stack.queue_job(INITIAL_RUN_ID, 1);
-    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
-    stack.cp.release(id, INITIAL_RUN_ID, "created").await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.wait_events("JOB_END", 1).await;
+    stack.release_initial().await;
 }
 
 /// GitHub refuses the runner's version: the listener (asked by the agent
@@ -158,8 +135,8 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     let agent = stack.boot_agent(&AgentSpec::default()).await;
     stack.github.publish(NEWER);
     exit_listener_with(&stack, 7);
-    wait_events(&stack, "CONFIGURE ", 2, || agent.log_text()).await;
-    wait_events(&stack, "LISTENER_START", 2, || agent.log_text()).await;
+    stack.wait_events("CONFIGURE ", 2).await;
+    stack.wait_events("LISTENER_START", 2).await;
     let log = agent.log_text();
     assert!(
         log.contains("exited 7 (runner version deprecated)"),
@@ -170,14 +147,8 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
     assert_eq!(std::fs::read_to_string(marker).unwrap().trim(), NEWER);
     assert_eq!(stack.count_events("REMOVE"), 1, "deregistered before");
     stack.queue_job(INITIAL_RUN_ID, 1);
-    wait_events(&stack, "JOB_END", 1, || agent.log_text()).await;
-    stack
-        .cp
-        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
-        .await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.wait_events("JOB_END", 1).await;
+    stack.release_initial().await;
 
     // Restarted with runner.version still pinned to the deprecated
     // release: the upgrade is kept, not replaced by the pin and upgraded
@@ -190,7 +161,9 @@ async fn a_deprecated_runner_is_upgraded_and_the_claim_registered_again() {
         .expect("agent exits");
     let agent = stack.spawn_agent(&AgentSpec::default());
     stack.cp.claim(&stack.instance_id, "2000-1").await;
-    stack.expect_signal("UD_REG_OK", "2000-1").await;
+    stack
+        .assert_signal("UD_REG_OK", "2000-1", SIGNAL_WAIT)
+        .await;
     let log = agent.log_text();
     assert!(log.contains("GitHub deprecated runner.version"), "{log}");
     assert_eq!(

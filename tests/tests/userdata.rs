@@ -8,6 +8,7 @@
 //! `RA_UPDATE_GOLDEN=1` rewrites the golden files.
 
 use stack::agent::userdata_binary;
+use stack::golden;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,10 +20,6 @@ const OSES: [&str; 5] = [
     "ubuntu-24.04",
     "debian-12",
 ];
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
-}
 
 fn userdata(args: &[&str]) -> Output {
     Command::new(userdata_binary())
@@ -78,7 +75,7 @@ fn python(code: &str, file: &Path) -> String {
 #[test]
 fn every_format_for_every_os_passes_its_own_checker() {
     let dir = tempfile::tempdir().unwrap();
-    let input = golden_dir().join("stock-ami.toml");
+    let input = golden::dir().join("stock-ami.toml");
     let input = input.to_str().unwrap();
     let mut scripts = Vec::new();
     for os in OSES {
@@ -136,7 +133,6 @@ fn every_format_for_every_os_passes_its_own_checker() {
 /// its golden file, and the golden scripts pass the checkers.
 #[test]
 fn golden_inputs_render_to_their_golden_files() {
-    let update = std::env::var_os("RA_UPDATE_GOLDEN").is_some();
     let cases = [
         ("baked-ami", "sh"),
         ("stock-ami", "sh"),
@@ -146,20 +142,18 @@ fn golden_inputs_render_to_their_golden_files() {
     ];
     let mut differ = Vec::new();
     for (name, ext) in cases {
-        let input = golden_dir().join(format!("{name}.toml"));
+        let input = golden::dir().join(format!("{name}.toml"));
         let bytes = rendered(&["render", input.to_str().unwrap()]);
-        let golden = golden_dir().join(format!("{name}.{ext}"));
-        if update {
-            std::fs::write(&golden, &bytes).unwrap();
-        } else if std::fs::read(&golden).ok().as_deref() != Some(bytes.as_slice()) {
-            differ.push(golden.display().to_string());
+        let file = format!("{name}.{ext}");
+        if !golden::matches(&file, &bytes) {
+            differ.push(golden::dir().join(file).display().to_string());
         }
     }
     assert!(
         differ.is_empty(),
         "rendered output differs from {differ:?}; review the change, then RA_UPDATE_GOLDEN=1 scripts/test"
     );
-    let dir = golden_dir();
+    let dir = golden::dir();
     shellcheck(&[
         dir.join("baked-ami.sh"),
         dir.join("stock-ami.sh"),
@@ -184,7 +178,7 @@ fn golden_inputs_render_to_their_golden_files() {
 /// output's; --gzip output is what cloud-init's gunzip gives back.
 #[test]
 fn output_is_byte_identical_and_its_digest_is_on_stderr() {
-    let input = golden_dir().join("stock-ami.toml");
+    let input = golden::dir().join("stock-ami.toml");
     let input = input.to_str().unwrap();
     for format in ["shell", "cloud-config", "mime"] {
         let first = userdata(&["render", input, "--format", format]);
@@ -218,9 +212,9 @@ fn output_is_byte_identical_and_its_digest_is_on_stderr() {
 #[test]
 fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(golden_dir().join("stock-ami.toml")).unwrap();
+    let base = std::fs::read_to_string(golden::dir().join("stock-ami.toml")).unwrap();
     std::fs::copy(
-        golden_dir().join("pre-runner.sh"),
+        golden::dir().join("pre-runner.sh"),
         dir.path().join("pre-runner.sh"),
     )
     .unwrap();
@@ -327,7 +321,7 @@ fn bad_input_is_refused_with_the_field_named_and_nothing_written() {
 
 #[test]
 fn iam_policy_scopes_the_table_and_the_control_plane_side() {
-    let input = golden_dir().join("stock-ami.toml");
+    let input = golden::dir().join("stock-ami.toml");
     let out = rendered(&[
         "iam-policy",
         input.to_str().unwrap(),
@@ -386,7 +380,7 @@ fn the_sandbox_systemctl_stub_passes_shellcheck() {
 #[test]
 fn cloud_config_carries_any_script_text_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(golden_dir().join("cloud-config.toml")).unwrap();
+    let base = std::fs::read_to_string(golden::dir().join("cloud-config.toml")).unwrap();
     let texts = [
         "#!/bin/bash\n---\n...\n\techo tab-indented\n# comment: with colon\n\n\necho 'quotes' \"and\" \\backslash\n",
         "no final newline",
@@ -466,7 +460,7 @@ fn package_names_resolve_in_the_hosts_apt_index() {
         );
         return;
     }
-    let input = golden_dir().join("stock-ami.toml");
+    let input = golden::dir().join("stock-ami.toml");
     let script = String::from_utf8(rendered(&[
         "render",
         input.to_str().unwrap(),

@@ -363,11 +363,22 @@ mod tests {
         s
     }
 
+    /// `RA_UPDATE_GOLDEN=1` (the switch of the tests crate's golden files)
+    /// writes the output to golden.txt instead of comparing.
     #[test]
     fn text_matches_the_golden_output() {
         let text = text(&view(&snapshot(), NOW));
+        if std::env::var_os("RA_UPDATE_GOLDEN").is_some() {
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/inspect/golden.txt");
+            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            return;
+        }
         let golden = include_str!("golden.txt");
-        assert_eq!(text, golden, "\n{text}");
+        assert_eq!(
+            text, golden,
+            "\n{text}\ngolden.txt differs; review the change, then RA_UPDATE_GOLDEN=1 cargo test -p runner-agent --lib inspect"
+        );
     }
 
     #[test]

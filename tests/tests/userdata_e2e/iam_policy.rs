@@ -14,14 +14,10 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     })
     .await;
     let agent = stack.spawn_agent(&Default::default());
-    stack.expect_signal("UD_REG_OK", INITIAL_RUN_ID).await;
     stack
-        .cp
-        .release(&stack.instance_id, INITIAL_RUN_ID, "created")
+        .assert_signal("UD_REG_OK", INITIAL_RUN_ID, SIGNAL_WAIT)
         .await;
-    stack
-        .expect_signal("UD_REMOVE_REG_REMOVE_RUN_OK", INITIAL_RUN_ID)
-        .await;
+    stack.release_initial().await;
     stack
         .cp
         .set_threshold(&stack.instance_id, "2020-01-01T00:00:00Z")
