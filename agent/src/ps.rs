@@ -1,13 +1,16 @@
-//! One reader of `/proc` for everything that looks for processes: the
-//! runner's tree stop (`runner/tree.rs`) and the reset's sweep of the
-//! runner user (`reset/procs.rs`). A job controls its processes' names
+//! The one reader of `/proc`: processes for the runner's tree stop
+//! (`runner/tree.rs`), the reset's sweep of the runner user
+//! (`reset/procs.rs`) and its clean-slate check; the agent's own mounts and
+//! cgroups, and the machine's memory, for the runner's cgroup
+//! (`reset/cgroup.rs`). A job controls its processes' names
 //! (any bytes, `prctl(PR_SET_NAME)`), so nothing here decodes them as
 //! text; and a `/proc` that cannot be read is an error, never "no process
 //! left": the callers decide whether to kill, and must not decide on a
 //! read that failed. A process that exits while we look is simply gone.
 
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
@@ -21,12 +24,26 @@ pub struct Process {
     pub uids: [u32; 4],
     /// The command name as the kernel has it (bytes, not text).
     pub name: Vec<u8>,
+    /// `/proc/<pid>/cgroup` as read: `id:controllers:path` lines.
+    pub cgroups: Vec<u8>,
 }
 
 impl Process {
     /// Whether any of its uids is `uid` (a setuid helper still counts).
     pub fn has_uid(&self, uid: u32) -> bool {
         self.uids.contains(&uid)
+    }
+
+    /// Whether it is in the cgroup at `path` (as `/proc/<pid>/cgroup`
+    /// names it) or one below it, in any hierarchy.
+    pub fn in_cgroup(&self, path: &Path) -> bool {
+        self.cgroups.split(|b| *b == b'\n').any(|line| {
+            let mut fields = line.splitn(3, |b| *b == b':');
+            let in_path = fields
+                .nth(2)
+                .map(|p| Path::new(std::ffi::OsStr::from_bytes(p)));
+            in_path.is_some_and(|p| p.starts_with(path))
+        })
     }
 
     /// The name for a log line.
@@ -41,6 +58,8 @@ pub enum PsError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: unexpected content")]
     Parse { path: PathBuf },
+    #[error("reading /proc/self: {0}")]
+    Own(String),
 }
 
 /// Gone while we looked: not an error.
@@ -81,8 +100,8 @@ pub fn read_one(pid: i32) -> Result<Option<Process>, PsError> {
 
 fn read(root: &std::path::Path, pid: i32) -> Result<Option<Process>, PsError> {
     let dir = root.join(pid.to_string());
-    let mut texts = Vec::with_capacity(2);
-    for file in ["stat", "status"] {
+    let mut texts = Vec::with_capacity(3);
+    for file in ["stat", "status", "cgroup"] {
         let path = dir.join(file);
         match std::fs::read(&path) {
             Ok(bytes) => texts.push((path, bytes)),
@@ -90,7 +109,8 @@ fn read(root: &std::path::Path, pid: i32) -> Result<Option<Process>, PsError> {
             Err(source) => return Err(PsError::Read { path, source }),
         }
     }
-    let [(stat_path, stat), (status_path, status)] = <[_; 2]>::try_from(texts).expect("two reads");
+    let [(stat_path, stat), (status_path, status), (_, cgroups)] =
+        <[_; 3]>::try_from(texts).expect("three reads");
     let (name, ppid, pgrp, session, zombie) =
         parse_stat(&stat).ok_or(PsError::Parse { path: stat_path })?;
     let uids = parse_uids(&status).ok_or(PsError::Parse { path: status_path })?;
@@ -102,7 +122,39 @@ fn read(root: &std::path::Path, pid: i32) -> Result<Option<Process>, PsError> {
         zombie,
         uids,
         name,
+        cgroups,
     }))
+}
+
+/// `/proc/<pid>/cmdline`: the arguments, NUL-separated.
+pub fn cmdline(pid: i32) -> io::Result<Vec<u8>> {
+    std::fs::read(proc_root().join(pid.to_string()).join("cmdline"))
+}
+
+/// `/proc/<pid>/cwd`: where it works.
+pub fn cwd(pid: i32) -> io::Result<PathBuf> {
+    std::fs::read_link(proc_root().join(pid.to_string()).join("cwd"))
+}
+
+/// Whether a process `pid` exists (a zombie too).
+pub fn exists(pid: u32) -> bool {
+    proc_root().join(pid.to_string()).exists()
+}
+
+/// The agent's own mount table and cgroup membership.
+pub fn own_mounts_and_cgroups(
+) -> Result<(Vec<procfs::process::MountInfo>, Vec<procfs::ProcessCGroup>), PsError> {
+    let own = |e: procfs::ProcError| PsError::Own(e.to_string());
+    let me = procfs::process::Process::myself().map_err(own)?;
+    let mounts = me.mountinfo().map_err(own)?.0;
+    let groups = me.cgroups().map_err(own)?.0;
+    Ok((mounts, groups))
+}
+
+/// The machine's memory (`MemTotal`), in bytes.
+pub fn mem_total() -> Option<u64> {
+    use procfs::Current;
+    Some(procfs::Meminfo::current().ok()?.mem_total)
 }
 
 /// `pid (name) state ppid pgrp session ...`: the name may hold spaces and
@@ -168,6 +220,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn cgroup_membership_is_by_path_in_any_hierarchy() {
+        let process = |cgroups: &[u8]| Process {
+            pid: 1,
+            ppid: 0,
+            pgrp: 1,
+            session: 1,
+            zombie: false,
+            uids: [0; 4],
+            name: b"x".to_vec(),
+            cgroups: cgroups.to_vec(),
+        };
+        let runner = Path::new("/system.slice/runner-agent.service/runner");
+        let v2 = process(b"0::/system.slice/runner-agent.service/runner/sub\n");
+        assert!(v2.in_cgroup(runner));
+        let v1 = process(b"4:freezer:/system.slice/runner-agent.service/runner\n0::/user.slice\n");
+        assert!(v1.in_cgroup(runner));
+        // A sibling whose name starts alike is not inside.
+        let sibling = process(b"0::/system.slice/runner-agent.service/runner2\n");
+        assert!(!sibling.in_cgroup(runner));
+        assert!(!process(b"").in_cgroup(runner));
+    }
+
+    #[test]
     fn this_process_is_in_the_snapshot_with_its_uid() {
         let all = snapshot().unwrap();
         let me = all
@@ -192,6 +267,7 @@ pub(crate) mod tests {
         assert_eq!(snapshot().unwrap(), vec![]);
         std::fs::write(root.path().join("78/stat"), "garbage").unwrap();
         std::fs::write(root.path().join("78/status"), "Uid:\t1\t1\t1\t1\n").unwrap();
+        std::fs::write(root.path().join("78/cgroup"), "0::/\n").unwrap();
         assert!(matches!(snapshot(), Err(PsError::Parse { .. })));
     }
 }

@@ -9,9 +9,7 @@ use std::process::ExitCode;
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let store = StateStore::new(&settings.state_dir);
     let state = store.load().context("reading agent state")?;
-    let running = state
-        .pid
-        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let running = state.pid.is_some_and(crate::ps::exists);
     if json {
         let mut value = serde_json::to_value(&state)?;
         value["running"] = serde_json::Value::Bool(running);

@@ -48,6 +48,9 @@ pub struct Limits {
 pub struct RunnerCgroup {
     kind: Kind,
     dir: PathBuf,
+    /// `dir` as `/proc/<pid>/cgroup` names it: the path within its
+    /// hierarchy, for a listing of the group independent of `cgroup.procs`.
+    path: PathBuf,
     /// v1 `pids` / `memory` groups the runner joins too, for their limits.
     limit_groups: Vec<PathBuf>,
     /// What was applied, for the log.
@@ -58,8 +61,8 @@ pub struct RunnerCgroup {
 pub enum CgroupError {
     #[error("no cgroup hierarchy the agent can use (neither cgroup2 nor a v1 freezer is mounted)")]
     NoHierarchy,
-    #[error("reading /proc/self: {0}")]
-    Proc(String),
+    #[error(transparent)]
+    Proc(crate::ps::PsError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("no {0} controller the agent can use")]
@@ -89,15 +92,7 @@ impl RunnerCgroup {
         v2_allowed: bool,
         limits: Limits,
     ) -> Result<RunnerCgroup, CgroupError> {
-        let me =
-            procfs::process::Process::myself().map_err(|e| CgroupError::Proc(e.to_string()))?;
-        let mounts = me
-            .mountinfo()
-            .map_err(|e| CgroupError::Proc(e.to_string()))?;
-        let groups = me
-            .cgroups()
-            .map_err(|e| CgroupError::Proc(e.to_string()))?
-            .0;
+        let (mounts, groups) = crate::ps::own_mounts_and_cgroups().map_err(CgroupError::Proc)?;
         let place = |fs_type: &str,
                      wanted: &dyn Fn(&procfs::process::MountInfo) -> bool,
                      own: Option<&str>| {
@@ -119,14 +114,14 @@ impl RunnerCgroup {
         } else {
             None
         };
-        let (kind, parent) = if let Some(dir) = v2 {
-            (Kind::V2, dir)
+        let (kind, parent, own) = if let Some(dir) = v2 {
+            (Kind::V2, dir, v2_own)
         } else if let Some(dir) = place(
             "cgroup",
             &|m| m.super_options.contains_key("freezer"),
             v1_own,
         ) {
-            (Kind::V1Freezer, dir)
+            (Kind::V1Freezer, dir, v1_own)
         } else {
             return Err(CgroupError::NoHierarchy);
         };
@@ -135,6 +130,7 @@ impl RunnerCgroup {
         let mut cgroup = RunnerCgroup {
             kind,
             dir,
+            path: Path::new(own.unwrap_or("/")).join(name),
             limit_groups: Vec::new(),
             limits: String::new(),
         };
@@ -203,6 +199,11 @@ impl RunnerCgroup {
                     .map_err(io_err(&path))
             })
             .collect()
+    }
+
+    /// The group's path within its hierarchy (`ps::Process::in_cgroup`).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn members(&self) -> Result<Vec<i32>, CgroupError> {
@@ -316,8 +317,7 @@ fn enable_v2(parent: &Path, group: &Path, controller: &str, value: u64) -> Resul
 /// The default memory ceiling: all of the machine's memory but what the
 /// agent and the system keep (512 MiB), at least 256 MiB.
 pub fn default_memory_max() -> Option<u64> {
-    use procfs::Current;
-    let total = procfs::Meminfo::current().ok()?.mem_total;
+    let total = crate::ps::mem_total()?;
     Some(total.saturating_sub(512 << 20).max(256 << 20))
 }
 

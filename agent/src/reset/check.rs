@@ -140,6 +140,15 @@ impl Resetter {
         if let Some(cgroup) = &self.cgroup {
             let members = cgroup.members().map_err(|e| fail(e.to_string()))?;
             none(Invariant::Processes, "in the runner's cgroup", &members)?;
+            // Listed again from every process's own cgroup file: a group
+            // file that lied (or a member below it) is caught here.
+            let inside: Vec<String> = crate::ps::snapshot()
+                .map_err(|e| fail(e.to_string()))?
+                .into_iter()
+                .filter(|p| !p.zombie && p.in_cgroup(cgroup.path()))
+                .map(|p| format!("{} ({})", p.pid, p.name_lossy()))
+                .collect();
+            none(Invariant::Processes, "in the runner's cgroup", &inside)?;
         }
         if let Some(user) = &self.user {
             let left: Vec<String> = crate::ps::snapshot()

@@ -64,7 +64,7 @@ pub fn tree_alive(pgid: Pgid) -> bool {
 pub fn runs_program(program: &Path) -> Result<bool, PsError> {
     let wanted = program.as_os_str().as_encoded_bytes();
     Ok(live()?.keys().any(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
+        ps::cmdline(*pid)
             .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).take(2).any(|arg| arg == wanted))
     }))
 }
@@ -120,7 +120,7 @@ fn alive(pid: i32) -> bool {
 }
 
 fn works_in(pid: i32, dir: &Path) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+    ps::cwd(pid).is_ok_and(|cwd| cwd.starts_with(dir))
 }
 
 /// Whether process group `pgid` still has a member working in `dir`: guards
