@@ -235,11 +235,28 @@ async fn run_instance(
         metrics,
     };
     let (cgroup, refusal) = runner_cgroup(&settings, &id.instance_id);
+    let control = RunnerControl::new(
+        &settings.runner,
+        &settings.github,
+        user.clone(),
+        cgroup.clone(),
+    )
+    .for_pool(&id.instance_id, &settings.table)
+    .allow_weaker(settings.reset.allow_weaker);
+    let resetter = Resetter::new(
+        &settings.reset,
+        &settings.runner,
+        &settings.state_dir,
+        user.clone(),
+        cgroup.clone(),
+    );
     let host = LocalHost {
         refusal,
-        control: RunnerControl::new(&settings, &id.instance_id, user.clone(), cgroup.clone()),
-        resetter: Resetter::new(&settings, user.clone(), cgroup.clone()),
-        settings,
+        control,
+        resetter,
+        manifest_path: settings.state_dir.join(crate::reset::INSTALL_MANIFEST),
+        runner: settings.runner,
+        pre_runner: settings.pre_runner,
         user,
         installed: Default::default(),
     };

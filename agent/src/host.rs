@@ -1,11 +1,13 @@
 //! The real runner host: `actions/runner` on this instance, driven by
 //! `RunnerControl`, installed by `runner::install`, reset by `Resetter`.
 
+use crate::config::{PreRunner, RunnerSettings};
 use crate::machine::{InstallFailure, RunnerHost, RunnerProcess};
 use crate::prerunner::PreRunnerError;
 use crate::reset::ResetError;
 use crate::runner::pid::Pgid;
 use crate::runner::{RemoveOutcome, RunnerControl, RunnerError, RunningRunner};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 
 /// The real host: `RunnerControl` for the runner, the settings for the
@@ -13,7 +15,10 @@ use std::process::ExitStatus;
 pub struct LocalHost {
     pub control: RunnerControl,
     pub resetter: crate::reset::Resetter,
-    pub settings: crate::config::Settings,
+    pub runner: RunnerSettings,
+    pub pre_runner: Option<PreRunner>,
+    /// Where the verified install is written down (`runner/manifest.rs`).
+    pub manifest_path: PathBuf,
     pub user: Option<crate::runner::user::RunnerUser>,
     /// The runner version the install dir holds, once installed.
     pub installed: std::sync::Mutex<Option<String>>,
@@ -31,15 +36,15 @@ impl LocalHost {
         if self.user.is_none() {
             return Ok(());
         }
-        let path = self.settings.state_dir.join(crate::reset::INSTALL_MANIFEST);
+        let path = &self.manifest_path;
         let err = |e: crate::runner::manifest::ManifestError| InstallError::Io {
             path: path.clone(),
             source: std::io::Error::other(e.to_string()),
         };
-        let previous = Manifest::load(&path).unwrap_or_default();
+        let previous = Manifest::load(path).unwrap_or_default();
         let manifest =
-            Manifest::record(&self.settings.runner.install_dir, previous.as_ref()).map_err(err)?;
-        manifest.save(&path).map_err(err)?;
+            Manifest::record(&self.runner.install_dir, previous.as_ref()).map_err(err)?;
+        manifest.save(path).map_err(err)?;
         tracing::info!(entries = manifest.files(), "install manifest recorded");
         Ok(())
     }
@@ -49,7 +54,7 @@ impl RunnerHost for LocalHost {
     type Runner = RunningRunner;
 
     async fn pre_runner(&self) -> Result<(), PreRunnerError> {
-        match &self.settings.pre_runner {
+        match &self.pre_runner {
             None => Ok(()),
             Some(pre) => crate::prerunner::run(&pre.script, pre.timeout).await,
         }
@@ -63,7 +68,7 @@ impl RunnerHost for LocalHost {
                 message: reason.clone(),
             });
         }
-        let runner = &self.settings.runner;
+        let runner = &self.runner;
         let dir = runner.install_dir.display();
         let installed = install::ensure_installed(runner, self.user.as_ref()).await;
         let installed = match installed {
@@ -108,7 +113,7 @@ impl RunnerHost for LocalHost {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .unwrap_or_default();
-        let runner = &self.settings.runner;
+        let runner = &self.runner;
         let upgraded = install::upgrade(runner, self.user.as_ref(), &current).await;
         let upgraded = match upgraded {
             Ok(outcome @ UpgradeOutcome::Upgraded { .. }) => {

@@ -2,33 +2,46 @@
 //! runner pool on EC2 (the pool protocol of
 //! fleet-actions/ec2-runner-pool-manager).
 
-pub mod agent;
-pub mod cli;
-pub mod clock;
+mod agent;
+mod cli;
+mod clock;
 pub mod config;
-pub mod digest;
-pub mod expiry;
-pub mod hardening;
-pub mod heartbeat;
-pub mod host;
-pub mod imds;
-pub mod inspect;
-pub mod lockfile;
-pub mod logging;
-pub mod machine;
-pub mod metrics;
-pub mod nofollow;
-pub mod notify;
-pub mod pace;
-pub mod permissions;
-pub mod pool;
-pub mod prerunner;
-pub mod protocol;
-pub mod ps;
-pub mod reset;
-pub mod runner;
-pub mod sdk_error;
-pub mod spot;
-pub mod state;
-pub mod status;
-pub mod table;
+mod digest;
+mod expiry;
+mod hardening;
+mod heartbeat;
+mod host;
+mod imds;
+mod inspect;
+mod lockfile;
+mod logging;
+mod machine;
+mod metrics;
+mod nofollow;
+mod notify;
+mod pace;
+mod pool;
+mod prerunner;
+mod protocol;
+mod ps;
+mod reset;
+mod runner;
+mod sdk_error;
+mod spot;
+mod state;
+mod status;
+mod table;
+
+// What the binary and the test stack (`tests/`) use; everything else is
+// the crate's own, so the compiler reports what nothing uses.
+pub use cli::main;
+pub use inspect::query;
+
+/// The runner's install, which the test stack drives against its fake
+/// GitHub without an agent process.
+pub mod install {
+    pub use crate::runner::install::present::VERSION_MARKER;
+    pub use crate::runner::install::{
+        ensure_installed, upgrade, InstallError, InstallOutcome, UpgradeOutcome,
+    };
+}

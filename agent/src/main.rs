@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    runner_agent::cli::main()
+    runner_agent::main()
 }

@@ -25,11 +25,3 @@ pub const EC2_TERMINATE: &str = "ec2:TerminateInstances";
 
 /// Tag that permits self-termination, in IMDS and in the IAM condition.
 pub const TAG_ALLOW_SELF_TERMINATION: &str = "AllowSelfTermination";
-
-/// All of them, sorted.
-pub fn all_actions() -> Vec<&'static str> {
-    let mut all: Vec<&str> = DYNAMODB_TABLE_ACTIONS.to_vec();
-    all.extend([EC2_DESCRIBE_TAGS, EC2_TERMINATE]);
-    all.sort_unstable();
-    all
-}

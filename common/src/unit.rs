@@ -2,9 +2,6 @@
 //! tarball (`systemd/runner-agent.service`); the generator renders it into
 //! user data when the image has none.
 
-/// The unit's name, also its file name.
-pub const UNIT_NAME: &str = "runner-agent.service";
-
 /// The unit file's text, comments included.
 pub const UNIT_FILE: &str = include_str!("../../systemd/runner-agent.service");
 

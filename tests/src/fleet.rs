@@ -140,7 +140,7 @@ async fn query(
     cp: &crate::control::ControlPlane,
     pk: &str,
 ) -> anyhow::Result<BTreeMap<String, Item>> {
-    runner_agent::inspect::query(&cp.ddb, &cp.table, pk).await
+    runner_agent::query(&cp.ddb, &cp.table, pk).await
 }
 
 /// Every second, the heartbeats' ages: per phase, the instances whose

@@ -4,8 +4,8 @@
 //! the other cases call the library against the same fake GitHub.
 
 use runner_agent::config::{RunnerSettings, Settings};
-use runner_agent::runner::install::present::VERSION_MARKER;
-use runner_agent::runner::install::{
+use runner_agent::install::VERSION_MARKER;
+use runner_agent::install::{
     ensure_installed, upgrade, InstallError, InstallOutcome, UpgradeOutcome,
 };
 use stack::agent::AgentSpec;

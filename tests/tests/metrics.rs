@@ -3,7 +3,6 @@
 //! driver plays: each count is checked against what the test made happen,
 //! and the DynamoDB errors against what the fault proxy refused.
 
-use runner_agent::metrics::sample;
 use stack::agent::AgentSpec;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::time::{Duration, Instant};
@@ -191,4 +190,12 @@ async fn a_lifecycle_is_counted_on_the_endpoint_and_in_the_textfile() {
         tokio::net::TcpStream::connect(&address).await.is_err(),
         "the endpoint closes with the agent"
     );
+}
+
+/// The value of one series in `text` (the Prometheus text format), named
+/// as rendered: `name{label="value"}`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }

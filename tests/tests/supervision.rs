@@ -5,7 +5,7 @@
 //! JSON); the fake listener exits with the code a test asks for and runs
 //! each job in a child `Runner.Worker` (`tests/fake-runner/`).
 
-use runner_agent::runner::install::present::VERSION_MARKER;
+use runner_agent::install::VERSION_MARKER;
 use stack::agent::AgentSpec;
 use stack::control::iso;
 use stack::github::FAKE_RUNNER_VERSION;

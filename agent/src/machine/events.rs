@@ -62,11 +62,6 @@ impl Events {
         }
     }
 
-    /// Waits for shutdown alone (a notice has been handled already).
-    pub async fn shutdown(&self) {
-        self.shutdown.cancelled().await
-    }
-
     /// Runs `work` unless an event comes first.
     pub async fn guard<F: Future>(&self, work: F) -> Result<F::Output, Interrupt> {
         tokio::select! {

@@ -107,11 +107,15 @@ pub struct Machine<P, H: RunnerHost, C> {
 }
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
+    /// The machine with a pace of its own (the tests'); the agent shares
+    /// its pace with the expiry watchdog (`with_pace`).
+    #[cfg(test)]
     pub fn new(world: World<P, H, C>, setup: Setup, state: AgentState) -> Self {
         Self::with_pace(world, setup, state, Pace::new())
     }
 
-    /// `new`, with a pace shared with others (the expiry watchdog).
+    /// The machine, with a read pace shared with others (the expiry
+    /// watchdog).
     pub fn with_pace(world: World<P, H, C>, setup: Setup, state: AgentState, pace: Pace) -> Self {
         let world = World {
             pool: Paced::new(world.pool, pace.clone()),

@@ -246,8 +246,10 @@ impl Registrar<'_> {
 }
 
 /// The value of one series in `text` (the exposition format), named as
-/// rendered: `name{label="value"}`. For tests that read what was exposed.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
+/// rendered: `name{label="value"}`. For tests that read what was exposed
+/// (the test stack has its own copy: it reads the agent from outside).
+#[cfg(test)]
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())

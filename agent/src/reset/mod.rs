@@ -15,7 +15,7 @@ mod home;
 mod persist;
 mod procs;
 
-use crate::config::{DockerMode, ImageMode, ResetSettings, Settings};
+use crate::config::{DockerMode, ImageMode, ResetSettings, RunnerSettings};
 use crate::runner::user::RunnerUser;
 use cgroup::RunnerCgroup;
 use docker::{Docker, Inventory};
@@ -58,12 +58,16 @@ pub struct Resetter {
 }
 
 impl Resetter {
+    /// The reset of `runner`'s install as `reset` says, keeping its
+    /// baselines in `state_dir`.
     pub fn new(
-        settings: &Settings,
+        reset: &ResetSettings,
+        runner: &RunnerSettings,
+        state_dir: &Path,
         user: Option<RunnerUser>,
         cgroup: Option<Arc<RunnerCgroup>>,
     ) -> Resetter {
-        let reset = settings.reset.clone();
+        let reset = reset.clone();
         let home = reset.home.clone().or_else(|| match &user {
             Some(user) => Some(user.home.clone()),
             None => nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -73,25 +77,25 @@ impl Resetter {
         });
         let user = user.filter(|u| !u.uid.is_root());
         let home_store = user.as_ref().map(|_| home::HomeStore {
-            dir: settings.state_dir.join(HOME_BASELINE_DIR),
+            dir: state_dir.join(HOME_BASELINE_DIR),
             keep: reset.home_keep.clone(),
             max_bytes: reset.home_max,
         });
         Resetter {
             home_store,
-            manifest_path: settings.state_dir.join(INSTALL_MANIFEST),
+            manifest_path: state_dir.join(INSTALL_MANIFEST),
             last_check: Default::default(),
             docker: Docker {
                 cli: reset.docker_cli.clone(),
                 host: reset.docker_host.clone(),
             },
             settings: reset,
-            install_dir: settings.runner.install_dir.clone(),
-            baseline_path: settings.state_dir.join(BASELINE_FILE),
+            install_dir: runner.install_dir.clone(),
+            baseline_path: state_dir.join(BASELINE_FILE),
             user,
             home,
             cgroup,
-            stop_timeout: settings.runner.stop_timeout,
+            stop_timeout: runner.stop_timeout,
         }
     }
 

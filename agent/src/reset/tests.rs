@@ -74,7 +74,13 @@ async fn fixture(name: &'static str, extra_reset: &str) -> Option<(Fixture, User
     manifest
         .save(&settings.state_dir.join(super::INSTALL_MANIFEST))
         .unwrap();
-    let resetter = Resetter::new(&settings, Some(user.clone()), None);
+    let resetter = Resetter::new(
+        &settings.reset,
+        &settings.runner,
+        &settings.state_dir,
+        Some(user.clone()),
+        None,
+    );
     resetter.take_baseline().await;
     Some((
         Fixture {

@@ -11,7 +11,7 @@ mod process;
 pub mod tree;
 pub mod user;
 
-use crate::config::Settings;
+use crate::config::{GithubRepo, RunnerSettings};
 use crate::reset::cgroup::RunnerCgroup;
 use pid::Pgid;
 use process::{dup_stderr, GroupKillGuard};
@@ -113,28 +113,48 @@ pub enum RemoveOutcome {
 }
 
 impl RunnerControl {
+    /// The runner installed as `runner` says, registered with `github`.
+    /// Its jobs find `GH_OWNER` and `GH_REPO` in their environment, and
+    /// the pool's names too with `for_pool`.
     pub fn new(
-        settings: &Settings,
-        instance_id: &str,
+        runner: &RunnerSettings,
+        github: &GithubRepo,
         user: Option<RunnerUser>,
         cgroup: Option<Arc<RunnerCgroup>>,
     ) -> RunnerControl {
         RunnerControl {
             cgroup,
-            allow_weaker: settings.reset.allow_weaker,
+            allow_weaker: false,
             job_env: vec![
-                ("INSTANCE_ID", instance_id.to_owned()),
-                ("TABLE_NAME", settings.table.clone()),
-                ("GH_OWNER", settings.github.owner.clone()),
-                ("GH_REPO", settings.github.repo.clone()),
+                ("GH_OWNER", github.owner.clone()),
+                ("GH_REPO", github.repo.clone()),
             ],
-            dir: settings.runner.install_dir.clone(),
+            dir: runner.install_dir.clone(),
             user,
-            allow_root: settings.runner.allow_run_as_root,
-            github_url: settings.github.url(),
-            stop_timeout: settings.runner.stop_timeout,
-            extra_labels: settings.runner.labels_extra.clone(),
+            allow_root: runner.allow_run_as_root,
+            github_url: github.url(),
+            stop_timeout: runner.stop_timeout,
+            extra_labels: runner.labels_extra.clone(),
         }
+    }
+
+    /// Jobs also find `INSTANCE_ID` and `TABLE_NAME`, as under the control
+    /// plane's bash agent.
+    pub fn for_pool(mut self, instance_id: &str, table: &str) -> RunnerControl {
+        self.job_env.splice(
+            0..0,
+            [
+                ("INSTANCE_ID", instance_id.to_owned()),
+                ("TABLE_NAME", table.to_owned()),
+            ],
+        );
+        self
+    }
+
+    /// `reset.allow_weaker`: a cgroup that cannot be joined is only logged.
+    pub fn allow_weaker(mut self, allow: bool) -> RunnerControl {
+        self.allow_weaker = allow;
+        self
     }
 
     pub fn is_configured(&self) -> bool {
@@ -197,15 +217,6 @@ impl RunnerControl {
                 .map_err(|e| err(std::io::Error::other(e.to_string())))?;
         }
         Ok(())
-    }
-
-    /// Makes the install the runner user cannot change (`layout.rs`); with
-    /// no dedicated user there is no one to keep out.
-    pub fn secure_install(&self) -> Result<(), crate::nofollow::FsError> {
-        match &self.user {
-            Some(user) => layout::secure(&self.dir, user),
-            None => Ok(()),
-        }
     }
 
     /// `config.sh` (register, remove): as root when the runner has a user

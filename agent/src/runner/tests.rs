@@ -1,6 +1,7 @@
 //! `config.sh` and the listener's commands: timeouts, the cgroup.
 
 use super::*;
+use crate::config::Settings;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -10,7 +11,13 @@ fn control_in(dir: &Path) -> RunnerControl {
         dir.display()
     );
     let settings = Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap();
-    RunnerControl::new(&settings, "i-0123", None, None)
+    control_of(&settings, None)
+}
+
+fn control_of(settings: &Settings, cgroup: Option<Arc<RunnerCgroup>>) -> RunnerControl {
+    RunnerControl::new(&settings.runner, &settings.github, None, cgroup)
+        .for_pool("i-0123", &settings.table)
+        .allow_weaker(settings.reset.allow_weaker)
 }
 
 /// GitHub never answers the registration: config.sh is killed at the
@@ -88,19 +95,14 @@ async fn an_unjoinable_cgroup_refuses_to_start_the_runner() {
         );
         Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap()
     };
-    let strict = RunnerControl::new(&settings(""), "i-0123", None, Some(cgroup.clone()));
+    let strict = control_of(&settings(""), Some(cgroup.clone()));
     let err = strict
         .configure("TOKEN", "i-0123-1", "42")
         .await
         .unwrap_err();
     assert!(matches!(err, RunnerError::Cgroup(_)), "{err}");
     assert!(matches!(strict.start(), Err(RunnerError::Cgroup(_))));
-    let weaker = RunnerControl::new(
-        &settings("allow_weaker = true\n"),
-        "i-0123",
-        None,
-        Some(cgroup),
-    );
+    let weaker = control_of(&settings("allow_weaker = true\n"), Some(cgroup));
     // Past the cgroup: there is no config.sh here to start.
     let err = weaker
         .configure("TOKEN", "i-0123-1", "42")
@@ -119,7 +121,7 @@ async fn a_hung_removal_on_github_falls_back_to_the_local_one_in_bounded_time() 
         dir.path().display()
     );
     let settings = Settings::from_toml(Path::new("/test.toml"), &toml, []).unwrap();
-    let control = RunnerControl::new(&settings, "i-0123", None, None);
+    let control = control_of(&settings, None);
     let script = dir.path().join("config.sh");
     std::fs::write(
         &script,
