@@ -247,3 +247,40 @@ async fn a_partition_budget_below_the_idle_rate_is_respected() {
     claim_and_release(&stack, "2000-1").await;
     stack.assert_invariants(&agent, &[]).await;
 }
+
+/// The pool's table deleted under an idle agent (the control plane torn
+/// down): DynamoDB answers every call with `ResourceNotFoundException`.
+/// Each failure the agent logs names the code and the service's message
+/// in a short line, not the SDK's whole raw response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_table_is_logged_as_its_error_code_in_a_short_line() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let agent = idle_agent(&stack).await;
+    stack
+        .cp
+        .ddb
+        .delete_table()
+        .table_name(&stack.cp.table)
+        .send()
+        .await
+        .unwrap();
+    agent
+        .assert_log("ResourceNotFoundException", Duration::from_secs(20))
+        .await;
+    let text = agent.log_text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ResourceNotFoundException"))
+        .collect();
+    for line in &lines {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let error = entry["fields"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("ResourceNotFoundException") && error.len() < 300,
+            "{} bytes: {error}",
+            error.len()
+        );
+        assert!(line.len() < 500, "{} bytes: {line}", line.len());
+    }
+    eprintln!("{}", lines[0]);
+}
