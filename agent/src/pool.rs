@@ -1,6 +1,6 @@
 //! The pool's table as the state machine, the heartbeat and the expiry
 //! watchdog see it: a trait, so the machine runs in-process against a fake
-//! (`machine/tests/fakes.rs`), and its implementation on DynamoDB.
+//! (`machine/tests/fakes/`), and its implementation on DynamoDB.
 
 use crate::protocol::{InstanceRecord, RegistrationToken, Signal};
 use crate::status::Status;

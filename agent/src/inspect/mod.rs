@@ -8,7 +8,6 @@
 pub mod view;
 
 use crate::protocol::{PK_HEARTBEAT, PK_INSTANCE, PK_WORKER_SIGNAL};
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use std::collections::BTreeMap;
@@ -30,7 +29,7 @@ pub async fn query(
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
-            anyhow::anyhow!("Query {pk} on table {table}: {}", DisplayErrorContext(e))
+            anyhow::anyhow!("Query {pk} on table {table}: {}", crate::sdk_error::describe(&e))
         })?;
         for item in page.items.unwrap_or_default() {
             let id = item

@@ -5,7 +5,8 @@
 //! and owns what every state shares: the persisted state, signals,
 //! observations for the expiry watchdog.
 //!
-//! The machine sees the world only through the traits in `world.rs`, so
+//! The machine sees the world only through traits (`crate::pool::Pool`,
+//! `crate::clock::Clock`, `world.rs`'s `RunnerHost`), so
 //! every transition runs in-process against fakes with tokio's clock
 //! paused (`tests/`).
 

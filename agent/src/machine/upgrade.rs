@@ -1,7 +1,7 @@
 //! A runner version GitHub no longer accepts: the listener exits with
 //! `RunnerVersionDeprecated` (7). No job can reach it, so the registration
 //! is dropped at once (`serve.rs`, `register_again`), the latest release
-//! is installed (verified like any install: `runner/install.rs`), and the
+//! is installed (verified like any install: `runner/install/`), and the
 //! claim registered again. Until an
 //! upgrade succeeds, claims are answered with `UD_REG_FAILED` and the
 //! upgrade is retried every `UPGRADE_RETRY`. The runner's own self-update

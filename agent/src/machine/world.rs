@@ -1,7 +1,7 @@
 //! What the lifecycle needs from the host the runner lives on, as traits
 //! (the pool's table is `crate::pool`, the wall clock `crate::clock`). The
 //! agent implements them with `actions/runner` (`crate::host`); the
-//! in-process tests with fakes (`tests/fakes.rs`).
+//! in-process tests with fakes (`tests/fakes/`).
 
 use crate::prerunner::PreRunnerError;
 use crate::reset::ResetError;

@@ -3,7 +3,7 @@
 //! started goes, its files, credentials and docker objects go, and the
 //! instance is checked for room for the next run. A reset that fails is
 //! never hidden: the machine signals `UD_REMOVE_REG_REMOVE_RUN_FAILED` and
-//! refuses later claims (see `machine/release.rs`).
+//! refuses later claims (see `machine/reset.rs`).
 
 pub mod cgroup;
 mod check;
