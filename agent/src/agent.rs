@@ -17,6 +17,7 @@ use crate::table::Table;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -93,15 +94,13 @@ pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client 
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    // First thing: SIGHUP's default action would kill the agent (and an
-    // operator's `kill -HUP`, or a `systemctl reload` mapped to it, must not
-    // take the runner down mid-job). Once tokio listens, the signal is only
-    // queued until `forward_os_signals` reads it.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(
-            |e| tracing::error!(error = %e, "cannot listen for SIGHUP: it would stop the agent"),
-        )
-        .ok();
+    // First thing: the signals' default actions would kill the agent
+    // before it can clean up (SIGTERM or SIGINT during the start would
+    // leave hardened mode's firewall behind, and SIGHUP, an operator's
+    // `kill -HUP` or a `systemctl reload` mapped to it, must not take the
+    // runner down mid-job). Once tokio listens, a signal is only queued
+    // until `forward_os_signals` reads it.
+    let mut signals = OsSignals::listen();
     let _lock = crate::lockfile::lock_state_dir(&settings.state_dir)?;
     let store = StateStore::new(&settings.state_dir);
     let state = match store.load() {
@@ -118,9 +117,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let hardened = crate::hardening::start(&settings, user.as_ref()).await?;
     let result = async {
         let imds = Imds::from_env();
-        let id = identity(&imds).await?;
+        // IMDS may take long to answer at boot: a stop meanwhile ends the
+        // start (after the firewall is removed, below).
+        let id = tokio::select! {
+            id = identity(&imds) => id?,
+            () = signals.stopping() => return Ok(()),
+        };
         let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-        run_instance(settings, store, state, user, imds, id, hangup)
+        run_instance(settings, store, state, user, imds, id, signals)
             .instrument(span)
             .await
     }
@@ -142,7 +146,7 @@ async fn run_instance(
     user: Option<RunnerUser>,
     imds: Imds,
     id: Identity,
-    hangup: Option<tokio::signal::unix::Signal>,
+    signals: OsSignals,
 ) -> anyhow::Result<()> {
     tracing::info!(region = %id.region, initial_run_id = ?id.initial_run_id, table = %settings.table, "starting");
     if state
@@ -175,7 +179,7 @@ async fn run_instance(
     let (status_tx, status_rx) = watch::channel(status);
     let pace = crate::pace::Pace::new();
     let mut tasks = JoinSet::new();
-    tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone(), hangup).in_current_span());
+    tasks.spawn(forward_os_signals(shutdown.clone(), stop.clone(), signals).in_current_span());
     tasks.spawn(crate::notify::watchdog_loop(stop.clone()));
     tasks.spawn(
         crate::heartbeat::run(
@@ -365,6 +369,56 @@ async fn join_all(mut tasks: JoinSet<()>) {
     }
 }
 
+/// The signals the agent handles, listened for from its first moment.
+struct OsSignals {
+    /// `None`: tokio could not listen (logged); the default action stays.
+    term: Option<Signal>,
+    int: Option<Signal>,
+    hangup: Option<Signal>,
+}
+
+impl OsSignals {
+    fn listen() -> OsSignals {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|e| tracing::error!(error = %e, "cannot listen for {name}: it would stop the agent"))
+                .ok()
+        };
+        OsSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+}
+
+impl OsSignals {
+    /// Resolves at SIGTERM or SIGINT (SIGHUP is only logged).
+    async fn stopping(&mut self) {
+        loop {
+            tokio::select! {
+                _ = next(&mut self.term) => tracing::info!("SIGTERM: stopping"),
+                _ = next(&mut self.int) => tracing::info!("SIGINT: stopping"),
+                _ = next(&mut self.hangup) => {
+                    tracing::warn!("SIGHUP: configuration reload is not supported; restart the service to apply changes (systemctl restart runner-agent)");
+                    continue;
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Resolves at the next `signal`; never when it could not be listened for.
+async fn next(signal: &mut Option<Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// SIGTERM and SIGINT stop the agent. SIGHUP, the conventional "reload",
 /// is logged and otherwise ignored: the configuration shapes the runner's
 /// registration, install and reset, and changing it under a registered
@@ -372,27 +426,10 @@ async fn join_all(mut tasks: JoinSet<()>) {
 async fn forward_os_signals(
     shutdown: CancellationToken,
     stop: CancellationToken,
-    mut hangup: Option<tokio::signal::unix::Signal>,
+    mut signals: OsSignals,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::warn!("SIGHUP: configuration reload is not supported; restart the service to apply changes (systemctl restart runner-agent)");
-                continue;
-            }
-            _ = stop.cancelled() => return,
-        }
-        break;
+    tokio::select! {
+        () = signals.stopping() => shutdown.cancel(),
+        _ = stop.cancelled() => {}
     }
-    shutdown.cancel();
 }

@@ -273,14 +273,21 @@ async fn a_deleted_table_is_logged_as_its_error_code_in_a_short_line() {
         .filter(|l| l.contains("ResourceNotFoundException"))
         .collect();
     for line in &lines {
+        // The error is a field of the line (`error`, or the watchdog's
+        // `reason`; the agent logs flattened JSON): that field is what an
+        // operator reads.
         let entry: serde_json::Value = serde_json::from_str(line).unwrap();
-        let error = entry["fields"]["error"].as_str().unwrap_or_default();
+        let fields = entry.as_object().unwrap();
+        let text = fields
+            .values()
+            .filter_map(|v| v.as_str())
+            .find(|v| v.contains("ResourceNotFoundException"))
+            .unwrap_or_else(|| panic!("no field names the code: {line}"));
         assert!(
-            error.contains("ResourceNotFoundException") && error.len() < 300,
-            "{} bytes: {error}",
-            error.len()
+            text.contains("Requested resource not found") && text.len() < 300,
+            "{} bytes: {text}",
+            text.len()
         );
-        assert!(line.len() < 500, "{} bytes: {line}", line.len());
+        assert!(line.len() < 600, "{} bytes: {line}", line.len());
     }
-    eprintln!("{}", lines[0]);
 }

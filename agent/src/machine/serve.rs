@@ -81,6 +81,12 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             if job_active != self.job_since.is_some() {
                 tracing::info!(run_id, job_active, "job hook");
                 self.job_changed(job_active);
+                if !job_active {
+                    // A job's end is when a release is most likely: read
+                    // now, not on the claimed schedule a job read just
+                    // reset (up to a whole claimed poll away).
+                    next_read.claimed = Instant::now();
+                }
             }
             if let Some(notice) = events.notice() {
                 self.defer_notice(run_id, notice, job_active, &mut deferred)?;
