@@ -81,7 +81,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                     self.declined = Some((run_id, Instant::now()));
                     return None;
                 }
-                tracing::info!(run_id = %run_id, "claimed");
+                // `confirm_ms`: from the idle read that saw the run id to
+                // here (the confirming read), for the claim's breakdown.
+                tracing::info!(run_id = %run_id, confirm_ms = seen.elapsed().as_secs_f64() * 1000.0, "claimed");
                 self.declined = None;
                 self.claimed_at = Some(seen);
                 self.claim_token = token;

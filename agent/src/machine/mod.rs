@@ -190,6 +190,18 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
 
     /// Moves to `phase` and persists it (also when only its data changed).
     fn enter(&mut self, phase: Phase) {
+        // A claim confirmed but not yet named resumes exactly as idle does
+        // (`resume.rs`: no registration to pick up), so it is not worth a
+        // synchronous write on the claim's way to `UD_REG_OK`: the named
+        // registration is persisted next, before config.sh runs.
+        let resumes_as_saved = self.state.phase == Phase::Idle
+            && matches!(
+                phase,
+                Phase::Registering {
+                    runner_name: None,
+                    ..
+                }
+            );
         if self.state.phase.name() != phase.name() {
             self.state.phase_since = self.timestamp();
             self.setup
@@ -199,13 +211,22 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             tracing::debug!(phase = phase.name(), "state");
         }
         self.state.phase = phase;
-        self.save();
+        if resumes_as_saved {
+            self.publish_state();
+        } else {
+            self.save();
+        }
     }
 
     fn save(&self) {
         if let Err(e) = self.setup.store.save(&self.state) {
             tracing::error!(error = %e, "saving state");
         }
+        self.publish_state();
+    }
+
+    /// Tells the heartbeat's status what the state says.
+    fn publish_state(&self) {
         self.publish(|status| {
             status.set_phase(&self.state.phase);
             status.runner_version = self.world.host.runner_version();
