@@ -72,9 +72,20 @@ impl Pace {
     /// How long to wait before the next read of a poll whose normal
     /// interval is `base`.
     pub fn interval(&self, base: Duration) -> Duration {
+        jitter(self.stretched(base))
+    }
+
+    /// `interval`, but never shorter than `base`: for a poll whose interval
+    /// is a ceiling on the rate (a job's: at most one read per
+    /// `job_poll_interval`), the jitter only lengthens it.
+    pub fn interval_at_least(&self, base: Duration) -> Duration {
+        self.stretched(base).mul_f64(1.0 + JITTER * fastrand::f64())
+    }
+
+    /// `base`, slowed while reads fail.
+    fn stretched(&self, base: Duration) -> Duration {
         let stretch = self.lock().stretch.max(1);
-        let stretched = (base * stretch).min(base.max(STRETCH_CAP));
-        jitter(stretched)
+        (base * stretch).min(base.max(STRETCH_CAP))
     }
 
     /// A random fraction of `base` the first time it is asked, zero after:
@@ -194,6 +205,18 @@ mod tests {
             kind: ErrorKind::Throttled,
             message: "ProvisionedThroughputExceededException".into(),
         }
+    }
+
+    #[test]
+    fn a_rate_ceiling_is_only_lengthened() {
+        let pace = Pace::new();
+        let base = Duration::from_secs(10);
+        let samples: Vec<_> = (0..1000).map(|_| pace.interval_at_least(base)).collect();
+        assert!(samples
+            .iter()
+            .all(|d| *d >= base && *d <= Duration::from_secs(11)));
+        assert!(samples.iter().any(|d| *d > Duration::from_millis(10_500)));
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(10_500)));
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         let now = Instant::now();
         NextReads {
             claimed: now + self.pace.interval(self.setup.timing.claimed_poll),
-            job: now + self.pace.interval(self.setup.timing.job_poll),
+            job: now + self.pace.interval_at_least(self.setup.timing.job_poll),
         }
     }
 
