@@ -29,7 +29,10 @@ pub async fn query(
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
-            anyhow::anyhow!("Query {pk} on table {table}: {}", crate::sdk_error::describe(&e))
+            anyhow::anyhow!(
+                "Query {pk} on table {table}: {}",
+                crate::sdk_error::describe(&e)
+            )
         })?;
         for item in page.items.unwrap_or_default() {
             let id = item
