@@ -274,7 +274,9 @@ async fn a_deleted_table_is_logged_as_its_error_code_in_a_short_line() {
         .collect();
     for line in &lines {
         let entry: serde_json::Value = serde_json::from_str(line).unwrap();
-        let error = entry["fields"]["error"].as_str().unwrap_or_default();
+        // The agent's JSON lines flatten an event's fields to the top
+        // level (`logging.rs`, `flatten_event`).
+        let error = entry["error"].as_str().unwrap_or_default();
         assert!(
             error.contains("ResourceNotFoundException") && error.len() < 300,
             "{} bytes: {error}",
