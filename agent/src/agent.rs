@@ -186,7 +186,7 @@ async fn run_instance(
             table.clone(),
             settings.timing.heartbeat_interval,
             crate::heartbeat::Report {
-                status: status_rx,
+                status: status_rx.clone(),
                 disk: settings.runner.install_dir.clone(),
                 metrics: metrics.clone(),
             },
@@ -206,6 +206,8 @@ async fn run_instance(
         grace: settings.timing.self_termination_grace,
         observations: obs_rx,
         pace: pace.clone(),
+        status: status_rx,
+        metrics: metrics.clone(),
     };
     tasks.spawn(watchdog.run(stop.clone()).in_current_span());
     tasks.spawn(
@@ -230,6 +232,8 @@ async fn run_instance(
             claimed_poll: settings.timing.claimed_poll_interval,
             job_poll: settings.timing.job_poll_interval,
             spot_job_margin: settings.timing.spot_job_margin,
+            orphan_grace: settings.expiry.orphan_grace,
+            max_idle: settings.expiry.max_idle,
         },
         store,
         events,

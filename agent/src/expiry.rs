@@ -2,13 +2,21 @@
 //! `threshold` plus the grace period is past, and the instance is tagged
 //! `AllowSelfTermination=true`, terminate this instance. Anything that
 //! cannot be read (tag, threshold, record) is a reason *not* to terminate.
+//!
+//! The same path ends an instance that has left the pool for good (an
+//! orphan, or idle past `expiry.max_idle`: `crate::orphan`); the machine
+//! decides that, and says so in its status once the instance holds no
+//! registration, so the watchdog never ends a run.
 
 use crate::clock::Clock;
 use crate::imds::{Imds, TagSource, TAG_ALLOW_SELF_TERMINATION};
+use crate::metrics::Metrics;
+use crate::orphan::Orphan;
 use crate::pace::Pace;
 use crate::pool::Pool;
 use crate::protocol::{judge_expiry, Expiry, InstanceRecord};
 use crate::sdk_error::describe;
+use crate::status::Status;
 use crate::table::TableError;
 use aws_sdk_ec2::types::Filter;
 use std::future::Future;
@@ -45,6 +53,34 @@ pub struct Ec2Error {
     pub message: String,
 }
 
+/// Why the watchdog ends the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Past its record's threshold plus the grace.
+    Expired,
+    /// Out of the pool for good (`crate::orphan`).
+    Orphaned(Orphan),
+}
+
+impl Reason {
+    /// Its name in the metrics' `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Expired => "expired",
+            Reason::Orphaned(orphan) => orphan.label(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Expired => f.write_str("expired"),
+            Reason::Orphaned(orphan) => orphan.fmt(f),
+        }
+    }
+}
+
 /// Why the watchdog holds off although the instance may be expired: every
 /// reason it could not read counts against terminating.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +95,8 @@ pub enum Hold {
     NoThreshold,
     #[error("threshold {0:?} is not a timestamp")]
     BadThreshold(String),
-    #[error("expired, but {0}")]
-    NotAllowed(String),
+    #[error("{reason}, but {why}")]
+    NotAllowed { reason: Reason, why: String },
     #[error(transparent)]
     Terminate(Ec2Error),
 }
@@ -168,6 +204,9 @@ pub struct Watchdog<P, T, C> {
     /// not add reads of its own to a throttled or failing table (it could
     /// not terminate on an unreadable record anyway).
     pub pace: Pace,
+    /// The machine's status: whether it has left the pool for good.
+    pub status: watch::Receiver<Status>,
+    pub metrics: Metrics,
 }
 
 impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
@@ -179,8 +218,9 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
                 _ = stop.cancelled() => return,
             }
             let reason = match self.check().await {
-                Ok(()) => {
-                    tracing::warn!("instance is past its threshold; TerminateInstances accepted");
+                Ok(reason) => {
+                    tracing::warn!(reason = %reason, "TerminateInstances accepted");
+                    self.metrics.self_terminated(reason.label());
                     // Keep going: if the call was accepted but the instance
                     // survives, the next check asks again.
                     continue;
@@ -196,9 +236,13 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
         }
     }
 
-    /// `Ok(())`: terminated. `Err(None)`: not expired. `Err(Some(why))`:
-    /// expired or unsure, but not terminating, and why.
-    async fn check(&mut self) -> Result<(), Option<Hold>> {
+    /// `Ok(why)`: terminated. `Err(None)`: not expired. `Err(Some(why))`:
+    /// expired, orphaned or unsure, but not terminating, and why.
+    async fn check(&mut self) -> Result<Reason, Option<Hold>> {
+        let orphaned = self.status.borrow().orphaned;
+        if let Some(orphan) = orphaned {
+            return self.end(Reason::Orphaned(orphan)).await;
+        }
         let fresh = self
             .observations
             .borrow()
@@ -221,13 +265,17 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
             .await
             .map_err(|e| Some(Hold::Unreadable(e)))?;
         self.judge(record.as_ref())?;
+        self.end(Reason::Expired).await
+    }
+
+    /// Terminates for `reason` if the tag, read now, allows it.
+    async fn end(&self, reason: Reason) -> Result<Reason, Option<Hold>> {
         match self.terminator.permission().await {
-            Permission::Allowed => self
-                .terminator
-                .terminate()
-                .await
-                .map_err(|e| Some(Hold::Terminate(e))),
-            Permission::Denied(why) => Err(Some(Hold::NotAllowed(why))),
+            Permission::Allowed => match self.terminator.terminate().await {
+                Ok(()) => Ok(reason),
+                Err(e) => Err(Some(Hold::Terminate(e))),
+            },
+            Permission::Denied(why) => Err(Some(Hold::NotAllowed { reason, why })),
         }
     }
 
@@ -248,26 +296,7 @@ impl<P: Pool, T: Terminator, C: Clock> Watchdog<P, T, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::tests::fakes::{FakePool, TestClock};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone)]
-    struct FakeTerminator {
-        permission: Permission,
-        calls: Arc<AtomicUsize>,
-    }
-
-    impl Terminator for FakeTerminator {
-        async fn permission(&self) -> Permission {
-            self.permission.clone()
-        }
-
-        async fn terminate(&self) -> Result<(), Ec2Error> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::machine::tests::fakes::{FakePool, FakeTerminator, TestClock};
 
     const INTERVAL: Duration = Duration::from_secs(30);
     const GRACE: Duration = Duration::from_secs(60);
@@ -275,26 +304,44 @@ mod tests {
     /// Runs a watchdog for five minutes of virtual time over `pool`;
     /// returns how often it called TerminateInstances.
     async fn terminations(pool: &FakePool, clock: TestClock, permission: Permission) -> usize {
-        let calls = Arc::new(AtomicUsize::new(0));
+        terminations_with(pool, clock, permission, Status::default()).await
+    }
+
+    /// The same, with the machine reporting `status`.
+    async fn terminations_with(
+        pool: &FakePool,
+        clock: TestClock,
+        permission: Permission,
+        status: Status,
+    ) -> usize {
+        let terminator = FakeTerminator::new(permission);
         let (_obs_tx, observations) = watch::channel(None);
+        let (_status_tx, status) = watch::channel(status);
+        let metrics = Metrics::new();
         let watchdog = Watchdog {
             pool: pool.clone(),
-            terminator: FakeTerminator {
-                permission,
-                calls: calls.clone(),
-            },
+            terminator: terminator.clone(),
             clock,
             interval: INTERVAL,
             grace: GRACE,
             observations,
             pace: Pace::new(),
+            status,
+            metrics: metrics.clone(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(watchdog.run(stop.clone()));
         tokio::time::sleep(Duration::from_secs(300)).await;
         stop.cancel();
         task.await.unwrap();
-        calls.load(Ordering::SeqCst)
+        let calls = terminator.calls();
+        let counted = metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("runner_agent_self_terminations_total{"))
+            .count();
+        assert_eq!(counted > 0, calls > 0, "every accepted call is counted");
+        calls
     }
 
     fn pool_with_threshold(threshold: Option<String>) -> FakePool {
@@ -363,5 +410,37 @@ mod tests {
         stale.threshold = Some(clock.stamp(-3600));
         pool.lock().stale = Some(Some(stale));
         assert_eq!(terminations(&pool, clock, Permission::Allowed).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphaned_machine_is_ended_only_with_the_tag_and_without_reads() {
+        for reason in [Orphan::TableGone, Orphan::RecordGone, Orphan::MaxIdle] {
+            let orphaned = Status {
+                state: "orphaned".into(),
+                orphaned: Some(reason),
+                ..Status::default()
+            };
+            let pool = FakePool::new();
+            pool.table_gone(true);
+            let clock = TestClock::new();
+            let ended = terminations_with(&pool, clock, Permission::Allowed, orphaned.clone());
+            assert!(ended.await >= 1, "{reason}");
+            assert_eq!(pool.reads(), 0, "no read of a table it has left");
+            let denied = Permission::Denied("instance has no AllowSelfTermination tag".into());
+            let clock = TestClock::new();
+            assert_eq!(terminations_with(&pool, clock, denied, orphaned).await, 0);
+        }
+        // Not orphaned (idle, the table gone): the watchdog has no reason.
+        let pool = FakePool::new();
+        pool.table_gone(true);
+        let idle = Status {
+            state: "idle".into(),
+            ..Status::default()
+        };
+        let clock = TestClock::new();
+        assert_eq!(
+            terminations_with(&pool, clock, Permission::Allowed, idle).await,
+            0
+        );
     }
 }

@@ -19,6 +19,7 @@ mod machine;
 mod metrics;
 mod nofollow;
 mod notify;
+mod orphan;
 mod pace;
 mod pool;
 mod prerunner;

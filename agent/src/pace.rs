@@ -124,6 +124,7 @@ impl Pace {
                     ErrorKind::Server => "DynamoDB answers reads with server errors",
                     ErrorKind::Unreachable => "DynamoDB does not answer",
                     ErrorKind::Refused => "DynamoDB refuses reads",
+                    ErrorKind::TableMissing => "the pool's table does not exist",
                 };
                 tracing::warn!(error = %error, kind = error.kind.label(), max_interval_s = STRETCH_CAP.as_secs(), "{what}: polls slowed until reads succeed (logged again when they do)");
             }

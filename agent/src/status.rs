@@ -5,6 +5,7 @@
 //! channel whenever it saves its state; the heartbeat task writes the
 //! newest one with each beat. docs/protocol.md lists the attributes.
 
+use crate::orphan::Orphan;
 use crate::state::Phase;
 
 /// Values are cut to this many characters: the item stays one write unit
@@ -24,12 +25,19 @@ pub struct Status {
     /// The clean-slate check after it: `pass at <time> in <n> ms`, or
     /// `fail at <time>: <invariant>: <what>`.
     pub last_check: Option<String>,
+    /// Why the instance left the pool for good, when it has: it serves no
+    /// more, and the expiry watchdog ends it if the tag allows.
+    pub orphaned: Option<Orphan>,
 }
 
 impl Status {
     pub fn set_phase(&mut self, phase: &Phase) {
         self.state = phase.name().to_owned();
         self.run_id = run_id_of(phase).map(|r| shorten(&r));
+        self.orphaned = match phase {
+            Phase::Orphaned { reason } => Some(*reason),
+            _ => None,
+        };
     }
 
     pub fn set_reset<E: std::fmt::Display>(&mut self, outcome: &Result<String, E>) {
@@ -95,6 +103,15 @@ mod tests {
             runner_name: None,
         });
         assert_eq!(s.run_id.as_deref(), Some("78-1"));
+        s.set_phase(&Phase::Orphaned {
+            reason: Orphan::TableGone,
+        });
+        assert_eq!(
+            (s.state.as_str(), s.run_id.as_deref(), s.orphaned),
+            ("orphaned", None, Some(Orphan::TableGone))
+        );
+        s.set_phase(&Phase::Idle);
+        assert_eq!(s.orphaned, None);
     }
 
     #[test]

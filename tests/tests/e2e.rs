@@ -13,6 +13,7 @@ mod install;
 mod lifecycle;
 mod matrix;
 mod metrics;
+mod orphan;
 mod reset;
 mod supervision;
 mod userdata;

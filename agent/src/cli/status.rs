@@ -38,6 +38,9 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         ),
         None => println!("last signal:  none"),
     }
+    if let crate::state::Phase::Orphaned { reason } = &state.phase {
+        println!("OUT OF POOL:  {reason} (never serves again; terminated only if tagged AllowSelfTermination=true)");
+    }
     if let Some(why) = &state.unclean {
         println!("UNCLEAN:      {why} (claims are refused; replace the instance)");
     }

@@ -31,9 +31,12 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         // Agents booted together start polling at different phases.
         let phase = self.pace.phase(self.setup.timing.idle_poll);
         self.setup.events.sleep(phase).await?;
+        self.orphans.idle(Instant::now());
         loop {
             self.upgrade_if_due().await?;
-            match self.world.pool.read_instance(false).await {
+            let read = self.world.pool.read_instance(false).await;
+            self.judge_orphan(&read).await?;
+            match read {
                 Ok(record) => {
                     self.observe(&record);
                     if record.is_none() && !warned_missing {

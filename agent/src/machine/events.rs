@@ -4,6 +4,7 @@
 //! anything; a notice is a value, since how soon it ends the current work
 //! depends on whether a job runs (`serve.rs`).
 
+use crate::orphan::Orphan;
 use crate::spot::Notice;
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +17,11 @@ pub enum Interrupt {
     Shutdown,
     /// A notice from EC2: the instance leaves the pool.
     Notice,
+    /// The idle poll's own notice (`leave.rs`, `crate::orphan`): the control
+    /// plane has forgotten the instance, or it sat idle too long; it leaves
+    /// the pool for good. Never raised by a wait here: only an idle machine
+    /// raises it, so no run is ever cut short by it.
+    Orphaned(Orphan),
 }
 
 /// Cheap to clone; every clone sees the same events.

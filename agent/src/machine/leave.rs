@@ -4,12 +4,20 @@
 //! interruption (spot). Then the runner goes, the run is told, and every
 //! later claim is answered with `UD_REG_FAILED`, so the control plane picks
 //! another instance at once instead of waiting out its 10 s.
+//!
+//! The idle poll raises a notice of its own (`crate::orphan`): the control
+//! plane has definitely forgotten the instance for `orphan_grace`, or it
+//! has been idle for `max_idle`. It leaves the same way, for good: the
+//! state says so across restarts, and the expiry watchdog ends the
+//! instance if its tag allows.
 
 use super::reset::failed;
 use super::signal::write_until_stored;
-use super::{Clock, Machine, Pool, RunnerHost};
-use crate::protocol::Signal;
+use super::{Clock, Interrupt, Machine, Pool, RunnerHost};
+use crate::orphan::{Answer, Orphan};
+use crate::protocol::{InstanceRecord, Signal};
 use crate::state::{Phase, Registration};
+use crate::table::{ErrorKind, TableError};
 use tokio::time::Instant;
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
@@ -111,10 +119,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 .await;
         }
         if let Some(run_id) = current {
-            tracing::warn!(
-                run_id,
-                "claim refused: the instance is leaving the pool after a notice from EC2"
-            );
+            tracing::warn!(run_id, "claim refused: the instance has left the pool");
             self.store_signal(Signal::RegFailed, &run_id).await;
         }
     }
@@ -138,5 +143,56 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             .clone()
             .and_then(|o| o.record)
             .and_then(|r| r.run_id)
+    }
+
+    /// One read of the idle poll, for orphan detection: `Err` when the
+    /// instance is to leave the pool for good. A verdict is confirmed by a
+    /// strongly consistent read first, which must say so again.
+    pub(super) async fn judge_orphan(
+        &mut self,
+        read: &Result<Option<InstanceRecord>, TableError>,
+    ) -> Result<(), Interrupt> {
+        let answer = self.orphan_answer(read);
+        if self.orphans.answer(answer, Instant::now()).is_none() {
+            return Ok(());
+        }
+        let confirm = self.world.pool.read_instance(true).await;
+        if let Ok(record) = &confirm {
+            self.observe(record);
+        }
+        let answer = self.orphan_answer(&confirm);
+        match self.orphans.answer(answer, Instant::now()) {
+            Some(reason) => Err(Interrupt::Orphaned(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Only two answers are definite, and only once the record has been
+    /// seen (the control plane writes it right after launch: a slow first
+    /// write is not an orphan). Throttling, 5xx, timeouts, access denied
+    /// say nothing; a malformed item is a record.
+    fn orphan_answer(&self, read: &Result<Option<InstanceRecord>, TableError>) -> Answer {
+        let seen = self.state.record_seen;
+        match read {
+            Ok(Some(record)) if record.run_id.is_some() => Answer::Claimed,
+            Ok(Some(_)) => Answer::Unclaimed,
+            Ok(None) if seen => Answer::Forgotten(Orphan::RecordGone),
+            Err(e) if seen && e.kind == ErrorKind::TableMissing => {
+                Answer::Forgotten(Orphan::TableGone)
+            }
+            Ok(None) | Err(_) => Answer::Unknown,
+        }
+    }
+
+    /// Out of the pool for good, from idle (the runner was stopped and
+    /// deregistered after the last run): persisted, counted, and shown by
+    /// `status` and the heartbeat.
+    pub(super) fn retire(&mut self, reason: Orphan) {
+        tracing::warn!(
+            reason = %reason,
+            "leaving the pool for good: no runner is registered again; the instance ends itself if tagged AllowSelfTermination=true"
+        );
+        self.setup.metrics.left_pool(reason);
+        self.enter(Phase::Orphaned { reason });
     }
 }

@@ -1,6 +1,8 @@
 //! The lifecycle as a state machine: boot, install, then for ever
 //! idle → registering → serving → releasing → resetting → idle, until
-//! shutdown or a notice from EC2 (spot interruption, rebalance). Each state has one short async function that returns the
+//! shutdown, a notice from EC2 (spot interruption, rebalance) or the idle
+//! poll's finding that the control plane has forgotten the instance
+//! (`leave.rs`). Each state has one short async function that returns the
 //! next state (`claim.rs`, `serve.rs`, `release.rs`); this file drives them
 //! and owns what every state shares: the persisted state, signals,
 //! observations for the expiry watchdog.
@@ -29,6 +31,7 @@ pub(crate) mod tests;
 pub use crate::clock::{Clock, SystemClock};
 use crate::expiry::Observation;
 use crate::metrics::Metrics;
+use crate::orphan::OrphanWatch;
 use crate::pace::{Pace, Paced};
 pub use crate::pool::Pool;
 use crate::protocol::{format_timestamp, InstanceRecord, RegistrationToken, Signal};
@@ -51,6 +54,11 @@ pub struct Timing {
     pub job_poll: Duration,
     /// What a job under a spot notice leaves of the notice's two minutes.
     pub spot_job_margin: Duration,
+    /// How long the control plane must have definitely forgotten an idle
+    /// instance before it leaves the pool for good (zero: never).
+    pub orphan_grace: Duration,
+    /// How long an instance may be idle before it leaves the same way.
+    pub max_idle: Option<Duration>,
 }
 
 /// The parts of the world the machine talks to.
@@ -105,6 +113,9 @@ pub struct Machine<P, H: RunnerHost, C> {
     claimed_at: Option<Instant>,
     released_at: Option<Instant>,
     job_since: Option<Instant>,
+    /// How long the idle poll's answers have said "forgotten", and how long
+    /// the instance has been idle.
+    orphans: OrphanWatch,
 }
 
 impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
@@ -124,6 +135,7 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             clock: world.clock,
         };
         setup.metrics.state(None, state.phase.name());
+        let orphans = OrphanWatch::new(setup.timing.orphan_grace, setup.timing.max_idle);
         Machine {
             world,
             pace,
@@ -138,19 +150,37 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             claimed_at: None,
             released_at: None,
             job_since: None,
+            orphans,
         }
     }
 
     /// Runs until shutdown, does what leaving requires, and returns what
     /// ended the lifecycle. After a notice from EC2 the instance is out of
     /// the pool: it answers claims with `UD_REG_FAILED` until shutdown.
+    ///
+    /// Orphaned (`leave.rs`), it is out of the pool for good: the state
+    /// says so across restarts, and the heartbeat goes on saying why.
     pub async fn run(mut self) -> Interrupt {
-        let Err(interrupt) = self.drive().await;
-        self.finish(interrupt).await;
-        if interrupt == Interrupt::Notice {
-            // The control plane should stop counting on this instance.
-            self.setup.heartbeat.cancel();
-            self.out_of_pool().await;
+        let interrupt = match self.state.phase {
+            Phase::Orphaned { reason } => {
+                tracing::warn!(reason = %reason, "out of the pool for good since an earlier start; not serving");
+                self.save();
+                Interrupt::Orphaned(reason)
+            }
+            _ => {
+                let Err(interrupt) = self.drive().await;
+                self.finish(interrupt).await;
+                interrupt
+            }
+        };
+        match interrupt {
+            Interrupt::Notice => {
+                // The control plane should stop counting on this instance.
+                self.setup.heartbeat.cancel();
+                self.out_of_pool().await;
+            }
+            Interrupt::Orphaned(_) => self.out_of_pool().await,
+            Interrupt::Shutdown => {}
         }
         interrupt
     }
@@ -262,7 +292,12 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
         self.setup.events.sleep(self.pace.interval(base)).await
     }
 
-    fn observe(&self, record: &Option<InstanceRecord>) {
+    fn observe(&mut self, record: &Option<InstanceRecord>) {
+        if record.is_some() && !self.state.record_seen {
+            // From now on, its absence is an answer (`crate::orphan`).
+            self.state.record_seen = true;
+            self.save();
+        }
         self.setup.observations.send_replace(Some(Observation {
             at: Instant::now(),
             record: record.clone(),

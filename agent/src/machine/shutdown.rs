@@ -1,4 +1,5 @@
-//! The final steps on SIGTERM (a notice's are in `leave.rs`): a run
+//! The final steps on SIGTERM (a notice's and an orphan's are in
+//! `leave.rs`): a run
 //! still registered is deregistered and the instance reset, within a
 //! budget whatever DynamoDB or GitHub do.
 
@@ -58,6 +59,9 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
                 }
             }
             (Interrupt::Notice, registration) => self.leave(registration, deadline).await,
+            // Raised by the idle poll only: idle holds no registration (the
+            // runner was stopped and deregistered after the last run).
+            (Interrupt::Orphaned(reason), _) => self.retire(reason),
         }
     }
 

@@ -11,6 +11,7 @@ mod textfile;
 pub use endpoint::serve;
 pub use textfile::keep_written;
 
+use crate::orphan::Orphan;
 use crate::protocol::Signal;
 use crate::runner::exit::ListenerExit;
 use prometheus::{
@@ -45,6 +46,8 @@ pub struct Metrics {
     dynamodb_errors: IntCounterVec,
     notices: IntCounterVec,
     heartbeat_failures: IntCounter,
+    left_pool: IntCounterVec,
+    self_terminations: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -109,7 +112,7 @@ impl Metrics {
             ),
             dynamodb_errors: reg.counter_vec(
                 "dynamodb_errors_total",
-                "Failed DynamoDB calls, by operation and kind (throttled, server_error, unreachable, refused).",
+                "Failed DynamoDB calls, by operation and kind (throttled, server_error, unreachable, table_missing, refused).",
                 &["operation", "kind"],
             ),
             notices: reg.counter_vec(
@@ -120,6 +123,16 @@ impl Metrics {
             heartbeat_failures: reg.counter(
                 "heartbeat_failures_total",
                 "Heartbeat writes that failed (each retried within the 15 s the control plane allows).",
+            ),
+            left_pool: reg.counter_vec(
+                "left_pool_total",
+                "Times the instance left the pool for good, by reason (table_gone, record_gone, max_idle).",
+                &["reason"],
+            ),
+            self_terminations: reg.counter_vec(
+                "self_terminations_total",
+                "TerminateInstances calls EC2 accepted for this instance, by reason (expired, table_gone, record_gone, max_idle).",
+                &["reason"],
             ),
             registry,
         };
@@ -212,6 +225,15 @@ impl Metrics {
 
     pub fn heartbeat_failed(&self) {
         self.heartbeat_failures.inc();
+    }
+
+    pub fn left_pool(&self, reason: Orphan) {
+        self.left_pool.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// `reason` is `expiry::Reason::label`.
+    pub fn self_terminated(&self, reason: &str) {
+        self.self_terminations.with_label_values(&[reason]).inc();
     }
 }
 

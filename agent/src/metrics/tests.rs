@@ -40,6 +40,8 @@ fn every_series_is_rendered_with_its_counts() {
     m.dynamodb_error("PutItem", ErrorKind::Server.label());
     m.notice("rebalance");
     m.heartbeat_failed();
+    m.left_pool(crate::orphan::Orphan::TableGone);
+    m.self_terminated("expired");
     let text = m.render();
     for (series, value) in [
         ("runner_agent_state{state=\"idle\"}", 0.0),
@@ -73,6 +75,11 @@ fn every_series_is_rendered_with_its_counts() {
         ),
         ("runner_agent_notices_total{kind=\"rebalance\"}", 1.0),
         ("runner_agent_heartbeat_failures_total", 1.0),
+        ("runner_agent_left_pool_total{reason=\"table_gone\"}", 1.0),
+        (
+            "runner_agent_self_terminations_total{reason=\"expired\"}",
+            1.0,
+        ),
     ] {
         assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     }

@@ -67,6 +67,9 @@ pub struct AgentState {
     /// refused (with `UD_REG_FAILED`) until the instance is replaced.
     pub unclean: Option<String>,
     pub last_check: Option<CheckRecord>,
+    /// The instance record has been read at least once on this instance:
+    /// from then on its absence counts as forgotten (`orphan.rs`).
+    pub record_seen: bool,
 }
 
 impl AgentState {
@@ -102,6 +105,8 @@ struct StoredState {
     unclean: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_check: Option<CheckRecord>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    record_seen: bool,
 }
 
 impl From<StoredState> for AgentState {
@@ -120,6 +125,7 @@ impl From<StoredState> for AgentState {
             pid: s.pid,
             unclean: s.unclean,
             last_check: s.last_check,
+            record_seen: s.record_seen,
         }
     }
 }
@@ -138,6 +144,7 @@ impl From<AgentState> for StoredState {
             pid: a.pid,
             unclean: a.unclean,
             last_check: a.last_check,
+            record_seen: a.record_seen,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! registered, which one. Persisted in `state.json`, so a restarted agent
 //! knows whether a registration is held and what was owed for it.
 
+use crate::orphan::Orphan;
 use crate::protocol::Signal;
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,11 @@ pub enum Phase {
     /// Spot notice handled; waiting for the instance to go.
     #[serde(rename = "spot-interrupted")]
     SpotInterrupted,
+    /// Out of the pool for good (the control plane forgot the instance, or
+    /// it sat idle past `expiry.max_idle`): never registers again, also
+    /// after a restart; the expiry watchdog ends the instance if allowed.
+    #[serde(rename = "orphaned")]
+    Orphaned { reason: Orphan },
 }
 
 impl Phase {
@@ -76,6 +82,7 @@ impl Phase {
             Phase::Resetting { .. } => "resetting",
             Phase::Stopping { .. } => "stopping",
             Phase::SpotInterrupted => "spot-interrupted",
+            Phase::Orphaned { .. } => "orphaned",
         }
     }
 

@@ -10,6 +10,7 @@
 mod agent;
 mod duration;
 mod env;
+mod expiry;
 mod github;
 mod hardening;
 mod keys;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use agent::PreRunner;
 pub use duration::parse_duration;
+pub use expiry::{ExpirySettings, DEFAULT_ORPHAN_GRACE};
 pub use github::GithubRepo;
 pub use hardening::HardeningSettings;
 pub use metrics::MetricsSettings;
@@ -76,6 +78,7 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub pre_runner: Option<PreRunner>,
     pub timing: Timing,
+    pub expiry: ExpirySettings,
     pub reset: ResetSettings,
     pub hardening: HardeningSettings,
     pub metrics: MetricsSettings,

@@ -4,6 +4,7 @@
 //! its settings, in the section's module, with the validation between them.
 
 use super::agent::RawAgent;
+use super::expiry::RawExpiry;
 use super::github::RawGithub;
 use super::hardening::RawHardening;
 use super::metrics::RawMetrics;
@@ -22,6 +23,8 @@ pub(super) struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub timing: RawTiming,
+    #[serde(default)]
+    pub expiry: RawExpiry,
     #[serde(default)]
     pub reset: RawReset,
     #[serde(default)]

@@ -30,6 +30,32 @@ fn minimal_config_gets_defaults() {
     assert_eq!(s.timing.heartbeat_interval, Duration::from_secs(5));
     assert!(s.pre_runner.is_none());
     assert_eq!(s.runner.release_base_url.as_str(), DEFAULT_RELEASE_BASE_URL);
+    assert_eq!(s.expiry.orphan_grace, Duration::from_secs(900));
+    assert_eq!(s.expiry.max_idle, None);
+}
+
+#[test]
+fn expiry_keys_take_durations_and_name_the_key() {
+    let text = format!("{MINIMAL}[expiry]\norphan_grace = \"0s\"\nmax_idle = \"2h\"\n");
+    let s = load(&text, &[]).unwrap();
+    assert_eq!(s.expiry.orphan_grace, Duration::ZERO, "0 disables");
+    assert_eq!(s.expiry.max_idle, Some(Duration::from_secs(7200)));
+    let s = load(MINIMAL, &[("RUNNER_AGENT_EXPIRY__ORPHAN_GRACE", "3s")]).unwrap();
+    assert_eq!(s.expiry.orphan_grace, Duration::from_secs(3));
+    for (key, value) in [
+        ("orphan_grace", "soon"),
+        ("max_idle", "0s"),
+        ("max_idle", "30 m"),
+    ] {
+        let text = format!("{MINIMAL}[expiry]\n{key} = \"{value}\"\n");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/runner-agent/config.toml") && err.contains(&format!("expiry.{key}")),
+            "{err}"
+        );
+    }
+    let err = load(&format!("{MINIMAL}[expiry]\nidle = \"1h\"\n"), &[]).unwrap_err();
+    assert!(err.to_string().contains("idle"), "{err}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
     let runner = raw.runner.into_settings(&section("runner"))?;
     let (state_dir, pre_runner) = raw.agent.into_settings(&section("agent"))?;
     let timing = raw.timing.into_settings(&section("timing"))?;
+    let expiry = raw.expiry.into_settings(&section("expiry"))?;
     let hardening = raw.hardening.into_settings(&section("hardening"))?;
     // Hardened, the reset keeps less by default.
     let reset = raw
@@ -29,6 +30,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         state_dir,
         pre_runner,
         timing,
+        expiry,
         reset,
         hardening,
         metrics,

@@ -10,6 +10,7 @@ mod claim;
 mod faults;
 mod metrics;
 mod notices;
+mod orphan;
 mod reset;
 mod resume;
 mod serve;
@@ -38,6 +39,8 @@ const TIMING: Timing = Timing {
     claimed_poll: Duration::from_secs(2),
     job_poll: Duration::from_secs(10),
     spot_job_margin: Duration::from_secs(20),
+    orphan_grace: Duration::from_secs(900),
+    max_idle: None,
 };
 
 /// One machine and its fake world.
@@ -52,6 +55,8 @@ pub struct Harness {
     /// What the heartbeat would report.
     pub status: watch::Receiver<Status>,
     pub initial_run_id: Option<String>,
+    /// The machine's timing (the shipped defaults unless a test changes it).
+    pub timing: Timing,
     /// Shared with every machine the harness starts (restarts included).
     pub metrics: crate::metrics::Metrics,
     pub dir: tempfile::TempDir,
@@ -79,6 +84,7 @@ impl Harness {
             observations,
             status,
             initial_run_id: Some(INITIAL_RUN.into()),
+            timing: TIMING,
             dir: tempfile::tempdir().unwrap(),
             task: None,
         }
@@ -111,7 +117,7 @@ impl Harness {
         let setup = Setup {
             instance_id: INSTANCE.into(),
             initial_run_id: self.initial_run_id.clone(),
-            timing: TIMING,
+            timing: self.timing,
             store: self.store(),
             events: Events::new(self.shutdown.clone(), notices_rx),
             observations: obs_tx,

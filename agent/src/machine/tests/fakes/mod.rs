@@ -9,12 +9,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-fn table_error(operation: &'static str) -> TableError {
+fn table_error(operation: &'static str, kind: ErrorKind) -> TableError {
     TableError {
         operation,
         table: "fake".into(),
-        kind: ErrorKind::Throttled,
-        message: "injected fault: ProvisionedThroughputExceededException".into(),
+        kind,
+        message: format!("injected fault: {}", kind.label()),
+    }
+}
+
+/// What DynamoDB answers every item call on a table that does not exist
+/// (deleted, or recreated and still CREATING): HTTP 400 with the code
+/// `ResourceNotFoundException`, which `table::ErrorKind::classify` makes
+/// `TableMissing`.
+fn table_missing(operation: &'static str) -> TableError {
+    TableError {
+        operation,
+        table: "fake".into(),
+        kind: ErrorKind::TableMissing,
+        message: "ResourceNotFoundException: Requested resource not found".into(),
     }
 }
 
@@ -57,6 +70,10 @@ pub struct PoolState {
     pub heartbeats: usize,
     pub fail_reads: bool,
     pub fail_writes: bool,
+    /// What failing calls fail with (throttled unless a test says).
+    pub fault: Option<ErrorKind>,
+    /// The table is deleted: every read and write fails as missing.
+    pub table_gone: bool,
     pub reads: usize,
     pub consistent_reads: usize,
     /// When each read was sent (tokio's clock), failed ones included.
@@ -75,10 +92,22 @@ impl PoolState {
     /// Whether this write attempt is refused.
     fn refuse_write(&mut self) -> bool {
         self.write_attempts += 1;
-        self.fail_writes
+        self.table_gone
+            || self.fail_writes
             || self
                 .writes_pass_every
                 .is_some_and(|n| self.write_attempts % n != 0)
+    }
+
+    fn fault_kind(&self) -> ErrorKind {
+        self.fault.unwrap_or(ErrorKind::Throttled)
+    }
+
+    fn write_error(&self, operation: &'static str) -> TableError {
+        match self.table_gone {
+            true => table_missing(operation),
+            false => table_error(operation, self.fault_kind()),
+        }
     }
 
     fn read(&mut self, consistent: bool) -> Result<(), TableError> {
@@ -87,8 +116,11 @@ impl PoolState {
         if consistent {
             self.consistent_reads += 1;
         }
+        if self.table_gone {
+            return Err(table_missing("GetItem"));
+        }
         match self.fail_reads {
-            true => Err(table_error("GetItem")),
+            true => Err(table_error("GetItem", self.fault_kind())),
             false => Ok(()),
         }
     }
@@ -134,6 +166,30 @@ impl FakePool {
 
     pub fn fail_reads(&self, fail: bool) {
         self.lock().fail_reads = fail;
+    }
+
+    /// Every read fails with `kind` (a throttle, a 5xx, no answer, access
+    /// denied) until `fail_reads(false)`.
+    pub fn fail_reads_as(&self, kind: ErrorKind) {
+        let mut s = self.lock();
+        s.fault = Some(kind);
+        s.fail_reads = true;
+    }
+
+    /// Deletes the table (`true`) or creates it again, empty (`false`),
+    /// as a control plane torn down or redeployed would.
+    pub fn table_gone(&self, gone: bool) {
+        let mut s = self.lock();
+        s.table_gone = gone;
+        if gone {
+            s.record = None;
+            s.token = None;
+        }
+    }
+
+    /// The control plane deletes the instance record.
+    pub fn delete_record(&self) {
+        self.lock().record = None;
     }
 
     pub fn fail_writes(&self, fail: bool) {
@@ -200,7 +256,7 @@ impl Pool for FakePool {
     async fn put_signal(&self, signal: Signal, run_id: &str) -> Result<(), TableError> {
         let mut s = self.lock();
         if s.refuse_write() {
-            return Err(table_error("PutItem(worker signal)"));
+            return Err(s.write_error("PutItem(worker signal)"));
         }
         s.signals.push((signal, run_id.to_owned()));
         Ok(())
@@ -214,7 +270,7 @@ impl Pool for FakePool {
         let mut s = self.lock();
         s.last_beat = Some((status.clone(), free_disk));
         if s.refuse_write() {
-            return Err(table_error("PutItem(heartbeat)"));
+            return Err(s.write_error("PutItem(heartbeat)"));
         }
         s.heartbeats += 1;
         s.heartbeat_times.push(Instant::now());
@@ -232,4 +288,6 @@ pub fn token(clock: &TestClock, text: &str) -> RegistrationToken {
 }
 
 mod host;
+mod terminator;
 pub use host::{failed, FakeHost};
+pub use terminator::FakeTerminator;
