@@ -137,26 +137,31 @@ impl Resetter {
 
     fn check_processes(&self) -> Result<(), Unclean> {
         let fail = unclean(Invariant::Processes);
+        if self.cgroup.is_none() && self.user.is_none() {
+            return Ok(());
+        }
+        // One look at /proc serves both listings below.
+        let live: Vec<crate::ps::Process> = crate::ps::snapshot()
+            .map_err(|e| fail(e.to_string()))?
+            .into_iter()
+            .filter(|p| !p.zombie)
+            .collect();
+        let named = |keep: &dyn Fn(&crate::ps::Process) -> bool| -> Vec<String> {
+            live.iter()
+                .filter(|p| keep(p))
+                .map(|p| format!("{} ({})", p.pid, p.name_lossy()))
+                .collect()
+        };
         if let Some(cgroup) = &self.cgroup {
             let members = cgroup.members().map_err(|e| fail(e.to_string()))?;
             none(Invariant::Processes, "in the runner's cgroup", &members)?;
             // Listed again from every process's own cgroup file: a group
             // file that lied (or a member below it) is caught here.
-            let inside: Vec<String> = crate::ps::snapshot()
-                .map_err(|e| fail(e.to_string()))?
-                .into_iter()
-                .filter(|p| !p.zombie && p.in_cgroup(cgroup.path()))
-                .map(|p| format!("{} ({})", p.pid, p.name_lossy()))
-                .collect();
+            let inside = named(&|p| p.in_cgroup(cgroup.path()));
             none(Invariant::Processes, "in the runner's cgroup", &inside)?;
         }
         if let Some(user) = &self.user {
-            let left: Vec<String> = crate::ps::snapshot()
-                .map_err(|e| fail(e.to_string()))?
-                .into_iter()
-                .filter(|p| !p.zombie && p.has_uid(user.uid.as_raw()))
-                .map(|p| format!("{} ({})", p.pid, p.name_lossy()))
-                .collect();
+            let left = named(&|p| p.has_uid(user.uid.as_raw()));
             none(Invariant::Processes, "of the runner user", &left)?;
         }
         Ok(())
