@@ -74,6 +74,16 @@ impl ControlPlane {
             .expect("create table");
     }
 
+    /// The control plane torn down: the pool's table goes.
+    pub async fn delete_table(&self) {
+        self.ddb
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .expect("delete table");
+    }
+
     /// Launches an instance in moto with the control plane's tags; returns
     /// its id.
     pub async fn launch_instance(&self, tags: &[(&str, &str)]) -> String {

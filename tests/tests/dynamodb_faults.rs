@@ -256,14 +256,7 @@ async fn a_partition_budget_below_the_idle_rate_is_respected() {
 async fn a_deleted_table_is_logged_as_its_error_code_in_a_short_line() {
     let stack = Stack::start(StackOptions::default()).await;
     let agent = idle_agent(&stack).await;
-    stack
-        .cp
-        .ddb
-        .delete_table()
-        .table_name(&stack.cp.table)
-        .send()
-        .await
-        .unwrap();
+    stack.cp.delete_table().await;
     agent
         .assert_log("ResourceNotFoundException", Duration::from_secs(20))
         .await;

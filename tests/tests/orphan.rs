@@ -21,14 +21,7 @@ fn short_grace() -> AgentSpec {
 async fn idle_then_table_deleted(stack: &Stack, spec: &AgentSpec) -> AgentProcess {
     let agent = stack.boot_agent(spec).await;
     stack.release_initial().await;
-    stack
-        .cp
-        .ddb
-        .delete_table()
-        .table_name(&stack.cp.table)
-        .send()
-        .await
-        .unwrap();
+    stack.cp.delete_table().await;
     agent
 }
 
