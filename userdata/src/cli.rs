@@ -96,6 +96,11 @@ struct PolicyArgs {
     /// The instance role's ARN (with --control-plane).
     #[arg(long)]
     role_arn: Option<String>,
+    /// The `[job_credentials]` role the agent assumes for each run: adds
+    /// sts:AssumeRole (and sts:TagSession) on it, and on nothing else.
+    /// Default: the input's agent_config.job_credentials.role_arn.
+    #[arg(long, conflicts_with_all = ["control_plane", "operator"])]
+    job_role_arn: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -158,17 +163,27 @@ fn iam_policy(args: PolicyArgs) -> anyhow::Result<()> {
             account: args.account,
         };
         policy::check_scope(&scope).map_err(|(flag, e)| anyhow!("{flag}: {e}"))?;
-        let table = match (args.table, &args.input) {
+        let plan = match &args.input {
+            Some(path) => Some(Plan::load(Some(path), &Overrides::default())?),
+            None => None,
+        };
+        let table = match (args.table, &plan) {
             (Some(t), _) => t,
-            (None, Some(path)) => Plan::load(Some(path), &Overrides::default())?.table,
+            (None, Some(plan)) => plan.table.clone(),
             (None, None) => return Err(anyhow!("give --table or an input file")),
         };
+        let job_role = args
+            .job_role_arn
+            .or_else(|| plan.and_then(|p| p.job_role_arn));
+        if let Some(arn) = &job_role {
+            policy::check_role_arn(arn).map_err(|e| anyhow!("--job-role-arn: {e}"))?;
+        }
         if !runner_agent_common::config::is_table_name(&table) {
             return Err(anyhow!("--table: {table:?} is not a DynamoDB table name"));
         }
         match args.operator {
             true => policy::operator(&table, &scope),
-            false => policy::instance_role(&table, &scope),
+            false => policy::instance_role(&table, &scope, job_role.as_deref()),
         }
     };
     let mut text = serde_json::to_string_pretty(&document).expect("json");

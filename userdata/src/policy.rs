@@ -3,7 +3,8 @@
 //! statement for that role.
 
 use runner_agent_common::permissions::{
-    DYNAMODB_TABLE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE, OPERATOR_TABLE_ACTIONS,
+    DYNAMODB_READ_ACTIONS, DYNAMODB_WRITE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE,
+    OPERATOR_TABLE_ACTIONS, PARTITIONS_READ, PARTITIONS_WRITTEN, STS_JOB_ROLE_ACTIONS,
     TAG_ALLOW_SELF_TERMINATION,
 };
 use serde_json::{json, Value};
@@ -26,40 +27,65 @@ fn table_arn(table: &str, scope: &Scope) -> String {
     format!("arn:{partition}:dynamodb:{region}:{account}:table/{table}")
 }
 
-pub fn instance_role(table: &str, scope: &Scope) -> Value {
-    let Scope {
-        partition,
-        region,
-        account,
-    } = scope;
+/// Every partition key a request names must be one of `partitions`.
+/// `dynamodb:LeadingKeys` is multivalued (a BatchGetItem names several),
+/// hence ForAllValues; and since ForAllValues holds when the key is absent
+/// (a Scan names none), `Null: false` requires it present.
+fn leading_keys_within(partitions: &[&str]) -> Value {
     json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "PoolTableItems",
-                "Effect": "Allow",
-                "Action": DYNAMODB_TABLE_ACTIONS,
-                "Resource": table_arn(table, scope),
-            },
-            {
-                "Sid": "ReadSelfTerminationTag",
-                "Effect": "Allow",
-                "Action": EC2_DESCRIBE_TAGS,
-                "Resource": "*",
-            },
-            {
-                "Sid": "SelfTerminateWhenTagged",
-                "Effect": "Allow",
-                "Action": EC2_TERMINATE,
-                "Resource": format!("arn:{partition}:ec2:{region}:{account}:instance/*"),
-                "Condition": {
-                    "StringEquals": {
-                        format!("ec2:ResourceTag/{TAG_ALLOW_SELF_TERMINATION}"): "true"
-                    }
-                },
-            },
-        ],
+        "ForAllValues:StringEquals": { "dynamodb:LeadingKeys": partitions },
+        "Null": { "dynamodb:LeadingKeys": "false" },
     })
+}
+
+/// The instance role's policy. `job_role`: the `[job_credentials]` role the
+/// agent assumes for each run; without it, no STS statement.
+pub fn instance_role(table: &str, scope: &Scope, job_role: Option<&str>) -> Value {
+    let table = table_arn(table, scope);
+    let mut statements = vec![
+        json!({
+            "Sid": "ReadInstanceRecordsAndToken",
+            "Effect": "Allow",
+            "Action": DYNAMODB_READ_ACTIONS,
+            "Resource": table,
+            "Condition": leading_keys_within(PARTITIONS_READ),
+        }),
+        json!({
+            "Sid": "WriteHeartbeatsAndSignals",
+            "Effect": "Allow",
+            "Action": DYNAMODB_WRITE_ACTIONS,
+            "Resource": table,
+            "Condition": leading_keys_within(PARTITIONS_WRITTEN),
+        }),
+        json!({
+            "Sid": "ReadSelfTerminationTag",
+            "Effect": "Allow",
+            "Action": EC2_DESCRIBE_TAGS,
+            "Resource": "*",
+        }),
+        // ec2:SourceInstanceARN is the instance the role's credentials were
+        // delivered to: as the resource, this instance and no other.
+        json!({
+            "Sid": "TerminateSelfWhenTagged",
+            "Effect": "Allow",
+            "Action": EC2_TERMINATE,
+            "Resource": "${ec2:SourceInstanceARN}",
+            "Condition": {
+                "StringEquals": {
+                    format!("ec2:ResourceTag/{TAG_ALLOW_SELF_TERMINATION}"): "true"
+                }
+            },
+        }),
+    ];
+    if let Some(role) = job_role {
+        statements.push(json!({
+            "Sid": "AssumeJobRole",
+            "Effect": "Allow",
+            "Action": STS_JOB_ROLE_ACTIONS,
+            "Resource": role,
+        }));
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
 /// What `runner-agent pool` needs: Query on the pool table, read-only.
@@ -142,14 +168,16 @@ pub fn check_scope(scope: &Scope) -> Result<(), (&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_agent_common::permissions::{
-        DYNAMODB_TABLE_ACTIONS, EC2_DESCRIBE_TAGS, EC2_TERMINATE,
-    };
 
-    /// Every action the agent calls, sorted.
-    fn all_actions() -> Vec<&'static str> {
-        let mut all: Vec<&str> = DYNAMODB_TABLE_ACTIONS.to_vec();
+    /// Every action the agent calls, sorted; with the job role's when
+    /// `job_role`.
+    fn all_actions(job_role: bool) -> Vec<&'static str> {
+        let mut all: Vec<&str> = DYNAMODB_READ_ACTIONS.to_vec();
+        all.extend(DYNAMODB_WRITE_ACTIONS);
         all.extend([EC2_DESCRIBE_TAGS, EC2_TERMINATE]);
+        if job_role {
+            all.extend(STS_JOB_ROLE_ACTIONS);
+        }
         all.sort_unstable();
         all
     }
@@ -181,19 +209,59 @@ mod tests {
         }
     }
 
+    fn statement<'a>(policy: &'a Value, sid: &str) -> &'a Value {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .unwrap_or_else(|| panic!("no statement {sid}"))
+    }
+
     #[test]
     fn instance_role_lists_exactly_the_agents_calls() {
-        let policy = instance_role("acme-pool", &any());
-        assert_eq!(actions(&policy), all_actions());
-        let terminate = &policy["Statement"][2];
+        let policy = instance_role("acme-pool", &any(), None);
+        assert_eq!(actions(&policy), all_actions(false));
+        let terminate = statement(&policy, "TerminateSelfWhenTagged");
         assert_eq!(
             terminate["Condition"]["StringEquals"]["ec2:ResourceTag/AllowSelfTermination"],
             "true"
         );
+        assert_eq!(terminate["Resource"], "${ec2:SourceInstanceARN}");
+        for sid in ["ReadInstanceRecordsAndToken", "WriteHeartbeatsAndSignals"] {
+            assert_eq!(
+                statement(&policy, sid)["Resource"],
+                "arn:aws:dynamodb:*:*:table/acme-pool"
+            );
+        }
+    }
+
+    #[test]
+    fn table_statements_name_their_partitions_only() {
+        let policy = instance_role("acme-pool", &any(), None);
+        let keys = |sid: &str| {
+            let condition = &statement(&policy, sid)["Condition"];
+            assert_eq!(condition["Null"]["dynamodb:LeadingKeys"], "false");
+            condition["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"].clone()
+        };
         assert_eq!(
-            policy["Statement"][0]["Resource"],
-            "arn:aws:dynamodb:*:*:table/acme-pool"
+            keys("WriteHeartbeatsAndSignals"),
+            json!(["TYPE#HEARTBEAT", "TYPE#WS"])
         );
+        assert_eq!(
+            keys("ReadInstanceRecordsAndToken"),
+            json!(["TYPE#INSTANCE", "TYPE#METADATA"])
+        );
+    }
+
+    #[test]
+    fn the_job_role_adds_assume_role_on_that_role_only() {
+        let role = "arn:aws:iam::123456789012:role/ci-job";
+        let policy = instance_role("acme-pool", &any(), Some(role));
+        assert_eq!(actions(&policy), all_actions(true));
+        let sts = statement(&policy, "AssumeJobRole");
+        assert_eq!(sts["Resource"], role);
+        assert_eq!(sts["Action"], json!(["sts:AssumeRole", "sts:TagSession"]));
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub(super) fn build(
     Ok((config_toml, settings))
 }
 
+/// `job_credentials.role_arn`, as the file gives it (the agent's parser
+/// checks it): the IAM policy allows sts:AssumeRole on it.
+pub(super) fn job_role_arn(config: &toml::Table) -> Option<String> {
+    config
+        .get("job_credentials")?
+        .as_table()?
+        .get("role_arn")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// The agent's error in the input's terms: its keys are under
 /// `agent_config`, and the file it names is the one being rendered, not a
 /// file of the agent's.

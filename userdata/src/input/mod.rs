@@ -148,6 +148,9 @@ pub struct Plan {
     pub config_toml: String,
     /// Its `table`.
     pub table: String,
+    /// Its `job_credentials.role_arn`: the role the agent assumes for each
+    /// run, which the instance role's policy must allow.
+    pub job_role_arn: Option<String>,
     pub mime_parts: Vec<MimePart>,
 }
 
@@ -261,6 +264,10 @@ impl Plan {
         };
 
         let hardened = raw.hardened || overrides.hardened;
+        let job_role_arn = raw
+            .agent_config
+            .as_ref()
+            .and_then(agent_config::job_role_arn);
         let (config_toml, settings) =
             agent_config::build(raw.agent_config, overrides, pre_runner.is_some(), hardened)
                 .map_err(|(field, reason)| invalid(&field, reason))?;
@@ -329,6 +336,7 @@ impl Plan {
             pre_runner,
             config_toml,
             table: settings.table,
+            job_role_arn,
             mime_parts,
         })
     }

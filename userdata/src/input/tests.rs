@@ -187,3 +187,13 @@ fn hardened_input_is_checked() {
     .unwrap();
     assert!(plan.hardened);
 }
+
+#[test]
+fn the_job_role_is_read_for_the_iam_policy() {
+    let role = "arn:aws:iam::123456789012:role/ci-job";
+    let config: toml::Table =
+        toml::from_str(&format!("[job_credentials]\nrole_arn = \"{role}\"\n")).unwrap();
+    assert_eq!(agent_config::job_role_arn(&config).as_deref(), Some(role));
+    assert_eq!(agent_config::job_role_arn(&toml::Table::new()), None);
+    assert_eq!(parse(MINIMAL).unwrap().job_role_arn, None);
+}
