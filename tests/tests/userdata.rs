@@ -331,14 +331,35 @@ fn iam_policy_scopes_the_table_and_the_control_plane_side() {
         "123456789012",
     ]);
     let policy: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for table_statement in [0, 1] {
+        assert_eq!(
+            policy["Statement"][table_statement]["Resource"],
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/acme-widgets-pool"
+        );
+    }
+    // Instances in scope, and of those the calling instance only.
+    let instances = "arn:aws:ec2:eu-west-1:123456789012:instance/";
+    let terminate = &policy["Statement"][3];
+    assert_eq!(terminate["Resource"], format!("{instances}*"));
     assert_eq!(
-        policy["Statement"][0]["Resource"],
-        "arn:aws:dynamodb:eu-west-1:123456789012:table/acme-widgets-pool"
+        terminate["Condition"]["ArnLike"]["ec2:SourceInstanceARN"],
+        format!("{instances}${{ec2:InstanceID}}")
     );
     assert_eq!(
-        policy["Statement"][2]["Resource"],
-        "arn:aws:ec2:eu-west-1:123456789012:instance/*"
+        policy["Statement"].as_array().unwrap().len(),
+        4,
+        "no job role, no STS"
     );
+    let job_role = "arn:aws:iam::123456789012:role/ci-job";
+    let out = rendered(&[
+        "iam-policy",
+        input.to_str().unwrap(),
+        "--job-role-arn",
+        job_role,
+    ]);
+    let policy: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(policy["Statement"][4]["Sid"], "AssumeJobRole");
+    assert_eq!(policy["Statement"][4]["Resource"], job_role);
     let out = rendered(&[
         "iam-policy",
         "--control-plane",
@@ -360,9 +381,25 @@ fn iam_policy_scopes_the_table_and_the_control_plane_side() {
             "arn:aws:s3:::bucket",
         ],
         vec!["iam-policy"],
+        vec![
+            "iam-policy",
+            "--table",
+            "acme-pool",
+            "--job-role-arn",
+            "arn:aws:s3:::bucket",
+        ],
     ] {
         assert_eq!(userdata(&bad).status.code(), Some(1), "{bad:?}");
     }
+    let usage = [
+        "iam-policy",
+        "--control-plane",
+        "--role-arn",
+        "arn:aws:iam::123456789012:role/runner-agent",
+        "--job-role-arn",
+        job_role,
+    ];
+    assert_eq!(userdata(&usage).status.code(), Some(2));
 }
 
 /// The e2e tests' `systemctl` stand-in is shell too.

@@ -42,6 +42,12 @@ fn leading_keys_within(partitions: &[&str]) -> Value {
 /// agent assumes for each run; without it, no STS statement.
 pub fn instance_role(table: &str, scope: &Scope, job_role: Option<&str>) -> Value {
     let table = table_arn(table, scope);
+    let Scope {
+        partition,
+        region,
+        account,
+    } = scope;
+    let instances = format!("arn:{partition}:ec2:{region}:{account}:instance/");
     let mut statements = vec![
         json!({
             "Sid": "ReadInstanceRecordsAndToken",
@@ -64,13 +70,18 @@ pub fn instance_role(table: &str, scope: &Scope, job_role: Option<&str>) -> Valu
             "Resource": "*",
         }),
         // ec2:SourceInstanceARN is the instance the role's credentials were
-        // delivered to: as the resource, this instance and no other.
+        // delivered to, ec2:InstanceID the instance acted on: equal, the
+        // instance itself and no other. (IAM refuses a policy variable as
+        // a whole Resource: it must read as an ARN or `*`.)
         json!({
             "Sid": "TerminateSelfWhenTagged",
             "Effect": "Allow",
             "Action": EC2_TERMINATE,
-            "Resource": "${ec2:SourceInstanceARN}",
+            "Resource": format!("{instances}*"),
             "Condition": {
+                "ArnLike": {
+                    "ec2:SourceInstanceARN": format!("{instances}${{ec2:InstanceID}}")
+                },
                 "StringEquals": {
                     format!("ec2:ResourceTag/{TAG_ALLOW_SELF_TERMINATION}"): "true"
                 }
@@ -227,7 +238,11 @@ mod tests {
             terminate["Condition"]["StringEquals"]["ec2:ResourceTag/AllowSelfTermination"],
             "true"
         );
-        assert_eq!(terminate["Resource"], "${ec2:SourceInstanceARN}");
+        assert_eq!(terminate["Resource"], "arn:aws:ec2:*:*:instance/*");
+        assert_eq!(
+            terminate["Condition"]["ArnLike"]["ec2:SourceInstanceARN"],
+            "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"
+        );
         for sid in ["ReadInstanceRecordsAndToken", "WriteHeartbeatsAndSignals"] {
             assert_eq!(
                 statement(&policy, sid)["Resource"],
