@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod github;
 pub mod golden;
 pub mod http;
+pub mod iam;
 pub mod imds;
 pub mod invariants;
 pub mod moto;

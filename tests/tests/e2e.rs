@@ -8,6 +8,7 @@ mod dynamodb_faults;
 mod faults;
 mod hardened;
 mod hostile;
+mod iam;
 mod inspect;
 mod install;
 mod lifecycle;

@@ -364,6 +364,8 @@ async fn spot_notice_deregisters_at_once_and_signals() {
         stack.imds.state.lock().unwrap().unauthorized >= 1,
         "401 path not exercised"
     );
+    // The spot signal is a worker signal: within the policy's partitions.
+    stack.assert_agent_calls_allowed().await;
 }
 
 /// An instance role narrowed to GetItem/PutItem: BatchGetItem is denied

@@ -38,6 +38,9 @@ async fn a_deleted_table_ends_an_idle_tagged_instance_after_the_grace() {
         agent.log_text()
     );
     assert_eq!(stack.proxy.counts().get("TerminateInstances"), 1);
+    // Every call, the self-termination included, within the instance
+    // role's policy.
+    stack.assert_agent_calls_allowed().await;
     let log = agent.log_text();
     assert!(log.contains("leaving the pool for good"), "{log}");
     assert!(log.contains("the pool's table does not exist"), "{log}");

@@ -2,7 +2,9 @@
 //! sends, counts AWS operations (`X-Amz-Target` for DynamoDB, `Action=` for
 //! EC2) and consistent reads, and can play "AWS is down" by cutting
 //! connections. Counting here, outside the agent, is what makes the
-//! benchmark's read-unit figures and the IAM policy check honest.
+//! benchmark's read-unit figures and the IAM policy check honest: each call
+//! is also kept with what IAM authorizes it by (call.rs), for the policy
+//! evaluator (tests/src/iam).
 //!
 //! It also injects DynamoDB's faults (`Faults`): throttling by operation
 //! or by a token-bucket budget per partition key (read and write units as
@@ -17,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod call;
 mod faults;
 
+pub use call::Call;
 use faults::Verdict;
 pub use faults::{Budget, Faults, Usage};
 
@@ -28,6 +32,8 @@ pub struct Counts {
     pub operations: BTreeMap<String, u64>,
     /// Every call as IAM names it (`dynamodb:GetItem`, `ec2:DescribeTags`).
     pub iam_actions: std::collections::BTreeSet<String>,
+    /// Every call, in order, with what IAM authorizes it by (tests/src/iam).
+    pub calls: Vec<Call>,
     /// Requests carrying `"ConsistentRead":true`, by operation.
     pub consistent: BTreeMap<String, u64>,
     /// TCP connections the agent opened.
@@ -197,19 +203,14 @@ async fn relay(client: TcpStream, upstream: String, shared: Shared) -> std::io::
             return Ok(());
         }
         let text = String::from_utf8_lossy(&body);
-        // JSON protocol services name the call in X-Amz-Target, EC2's query
-        // protocol in the form body; the agent talks to no other service.
-        let op = match op {
-            Some(op) => Some(("dynamodb", op)),
-            None => text
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("Action="))
-                .map(|op| ("ec2", op.to_owned())),
-        };
-        let dynamodb_op = match &op {
-            Some(("dynamodb", name)) => Some(name.clone()),
-            _ => None,
-        };
+        // JSON protocol services name the call in X-Amz-Target, the query
+        // protocol (EC2, STS) in the form body; the SigV4 scope names the
+        // service.
+        let call = call::parse(&head, &body, op.as_deref());
+        let dynamodb_op = call
+            .as_ref()
+            .filter(|c| op.is_some() && c.service == "dynamodb")
+            .map(|c| c.operation.clone());
         if let Some(name) = &dynamodb_op {
             if denied.lock().unwrap().contains(name) {
                 client_write.write_all(&access_denied(name)).await?;
@@ -217,9 +218,11 @@ async fn relay(client: TcpStream, upstream: String, shared: Shared) -> std::io::
             }
         }
         // Counted as sent, whatever the faults answer: the agent's rate.
-        if let Some((service, op)) = op {
+        if let Some(call) = call {
             let mut c = counts.lock().unwrap();
-            c.iam_actions.insert(format!("{service}:{op}"));
+            c.iam_actions.insert(call.action());
+            let op = call.operation.clone();
+            c.calls.push(call);
             if matches!(op.as_str(), "GetItem" | "BatchGetItem" | "Query" | "Scan") {
                 c.read_times.push(std::time::Instant::now());
             }

@@ -1,11 +1,15 @@
-//! The rendered IAM policy against the calls the agent makes.
+//! The rendered IAM policy against the calls the agent makes: the same
+//! actions, and each call allowed with its resource and condition keys
+//! (tests/src/iam evaluates them; moto does not).
 
 use super::*;
 
 /// `runner-userdata iam-policy` allows exactly what the agent calls: an
 /// agent through boot, a claim/release cycle, and self-termination (with
 /// metadata tags off, so it reads its tag through ec2:DescribeTags) makes
-/// every call it has; the proxy records them by IAM name.
+/// every call it has; the proxy records them by IAM name, and with what IAM
+/// authorizes them by: each must be allowed, table partitions, instance
+/// ARN and tag conditions included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     let stack = Stack::start(StackOptions {
@@ -28,8 +32,16 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
         agent.log_text()
     );
 
+    let origin = stack.iam_origin().await;
     let out = std::process::Command::new(userdata_binary())
-        .args(["iam-policy", "--table", &stack.cp.table])
+        .args([
+            "iam-policy",
+            "--table",
+            &stack.cp.table,
+            "--region",
+            stack::REGION,
+        ])
+        .args(["--account", &origin.account])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -51,6 +63,9 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     allowed.sort();
     let called: Vec<String> = stack.proxy.counts().iam_actions.into_iter().collect();
     assert_eq!(called, allowed, "calls seen at the proxy vs the policy");
+    let checked = stack.assert_calls_allowed(&policy).await;
+    let calls = stack.proxy.counts().calls.len();
+    eprintln!("{calls} calls, {checked} authorizations, all allowed");
     // The table statement names this table, and termination needs the tag.
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -61,4 +76,6 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
         text.contains("\"ec2:ResourceTag/AllowSelfTermination\": \"true\""),
         "{text}"
     );
+    assert!(text.contains("instance/${ec2:InstanceID}\""), "{text}");
+    assert!(!text.contains("sts:"), "no job role, no STS: {text}");
 }

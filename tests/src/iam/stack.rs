@@ -1,0 +1,91 @@
+//! The IAM check on a test stack: every call its proxy recorded, evaluated
+//! against a policy as the stack's instance would be.
+
+use super::{authorizations, evaluate, Decision, Origin};
+use crate::Stack;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+impl Stack {
+    /// The stack's instance as IAM sees it, from moto: its ARN (the
+    /// account is the reservation's owner) and its tags.
+    pub async fn iam_origin(&self) -> Origin {
+        let out = self
+            .cp
+            .ec2
+            .describe_instances()
+            .instance_ids(&self.instance_id)
+            .send()
+            .await
+            .expect("describe instances");
+        let reservation = &out.reservations()[0];
+        let account = reservation.owner_id().expect("an owner").to_owned();
+        let tags: BTreeMap<String, String> = reservation.instances()[0]
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect();
+        Origin {
+            instance_arn: format!(
+                "arn:aws:ec2:{}:{account}:instance/{}",
+                crate::REGION,
+                self.instance_id
+            ),
+            partition: "aws".into(),
+            account,
+            instance_tags: BTreeMap::from([(self.instance_id.clone(), tags)]),
+        }
+    }
+
+    /// `runner-userdata iam-policy` for this stack's table, region and
+    /// account (the instance role the agent would run with).
+    pub async fn instance_role_policy(&self) -> Value {
+        let origin = self.iam_origin().await;
+        let out = std::process::Command::new(crate::agent::userdata_binary())
+            .args(["iam-policy", "--table", &self.cp.table])
+            .args(["--region", crate::REGION, "--account", &origin.account])
+            .output()
+            .expect("runner-userdata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("a JSON policy")
+    }
+
+    /// Every call the agent made so far is allowed by the instance role's
+    /// policy, condition keys included (`assert_calls_allowed`).
+    pub async fn assert_agent_calls_allowed(&self) -> usize {
+        let policy = self.instance_role_policy().await;
+        self.assert_calls_allowed(&policy).await
+    }
+
+    /// Evaluates every call the proxy recorded against `policy`; panics,
+    /// listing the calls denied, unless all are allowed. Returns how many
+    /// authorizations were checked. All calls are taken as this instance's:
+    /// not for a stack whose proxy a sibling's agent also uses.
+    pub async fn assert_calls_allowed(&self, policy: &Value) -> usize {
+        let origin = self.iam_origin().await;
+        let calls = self.proxy.counts().calls;
+        assert!(!calls.is_empty(), "the proxy recorded no calls");
+        let mut checked = 0;
+        let mut denied = Vec::new();
+        for call in &calls {
+            for request in authorizations(call, &origin) {
+                checked += 1;
+                let decision = evaluate(policy, &request);
+                if !matches!(decision, Decision::Allowed(_)) {
+                    denied.push(format!("{decision:?}: {request:?}"));
+                }
+            }
+        }
+        assert!(
+            denied.is_empty(),
+            "{} of {checked} authorizations denied by {policy}:\n{}",
+            denied.len(),
+            denied.join("\n")
+        );
+        checked
+    }
+}
