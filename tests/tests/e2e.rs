@@ -10,6 +10,7 @@ mod hardened;
 mod hostile;
 mod inspect;
 mod install;
+mod job_credentials;
 mod lifecycle;
 mod matrix;
 mod metrics;
