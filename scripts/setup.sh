@@ -41,6 +41,13 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
     "$VENV/bin/pip" install -q 'moto[server]>=5,<6'
 fi
 export RA_MOTO_SERVER=$VENV/bin/moto_server
+# The job credentials tests run the AWS CLI as a job would; v1 from PyPI
+# (1.46 carries its own botocore, so moto's is left as it is), pinned.
+if [ ! -x "$VENV/bin/aws" ]; then
+    echo "setup: installing the AWS CLI into $VENV" >&2
+    "$VENV/bin/pip" install -q 'awscli==1.46.3'
+fi
+export RA_AWS_CLI=$VENV/bin/aws
 
 # One build serves everything: the shipped static binaries, the demo and
 # bench drivers and the tests are all built with these flags and

@@ -221,6 +221,8 @@ async fn run_instance(
         .in_current_span(),
     );
     export_metrics(&settings.metrics, &metrics, &stop, &mut tasks).await;
+    let credentials =
+        serve_job_credentials(&settings, &sdk, &id, &metrics, &stop, &mut tasks).await;
     crate::notify::ready("booting");
 
     let events = Events::new(shutdown, spot_rx);
@@ -267,6 +269,7 @@ async fn run_instance(
         pre_runner: settings.pre_runner,
         user,
         installed: Default::default(),
+        credentials,
     };
     let world = World {
         pool: table,
@@ -314,6 +317,44 @@ async fn export_metrics(
         tracing::info!(path = %path.display(), "writing metrics for node_exporter's textfile collector");
         let write = crate::metrics::keep_written(path.clone(), metrics.clone(), stop.clone());
         tasks.spawn(write.in_current_span());
+    }
+}
+
+/// Starts the job credentials endpoint when `[job_credentials]` names a
+/// role. One that cannot start (the port taken) is logged and counted; the
+/// agent runs on, and jobs find no credentials of the agent's.
+async fn serve_job_credentials(
+    settings: &Settings,
+    sdk: &aws_config::SdkConfig,
+    id: &Identity,
+    metrics: &crate::metrics::Metrics,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Option<crate::credentials::JobCredentials> {
+    let config = settings.job_credentials.clone()?;
+    let listen = config.listen;
+    let sts = crate::credentials::Sts(aws_sdk_sts::Client::new(sdk));
+    let github = &settings.github;
+    let repository = format!("{}/{}", github.owner, github.repo);
+    let started = crate::credentials::JobCredentials::start(
+        config,
+        sts,
+        &id.instance_id,
+        &repository,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .await;
+    match started {
+        Ok((credentials, serve)) => {
+            tasks.spawn(serve.in_current_span());
+            Some(credentials)
+        }
+        Err(e) => {
+            metrics.assume_role(false);
+            tracing::error!(%listen, error = %e, "cannot serve job credentials; jobs run without them");
+            None
+        }
     }
 }
 

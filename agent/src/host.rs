@@ -25,6 +25,8 @@ pub struct LocalHost {
     /// Why this host must not serve at all (no cgroup for the runner):
     /// the install fails with it, so every claim gets `UD_REG_FAILED`.
     pub refusal: Option<String>,
+    /// Per-run AWS credentials for jobs, when `[job_credentials]` is set.
+    pub credentials: Option<crate::credentials::JobCredentials>,
 }
 
 impl LocalHost {
@@ -166,7 +168,22 @@ impl RunnerHost for LocalHost {
     }
 
     fn start(&self) -> Result<RunningRunner, RunnerError> {
-        self.control.start()
+        match &self.credentials {
+            Some(credentials) => self.control.start_with(&credentials.run_env()),
+            None => self.control.start(),
+        }
+    }
+
+    fn run_claimed(&self, run_id: &str) {
+        if let Some(credentials) = &self.credentials {
+            credentials.begin(run_id);
+        }
+    }
+
+    fn run_over(&self) {
+        if let Some(credentials) = &self.credentials {
+            credentials.end();
+        }
     }
 
     fn adopt(&self, pgid: Pgid) -> Option<RunningRunner> {

@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod clock;
 pub mod config;
+mod credentials;
 mod digest;
 mod expiry;
 mod hardening;

@@ -11,6 +11,7 @@ mod hostile;
 mod iam;
 mod inspect;
 mod install;
+mod job_credentials;
 mod lifecycle;
 mod matrix;
 mod metrics;

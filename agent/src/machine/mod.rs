@@ -240,6 +240,13 @@ impl<P: Pool, H: RunnerHost, C: Clock> Machine<P, H, C> {
             crate::notify::status(phase.name());
             tracing::debug!(phase = phase.name(), "state");
         }
+        // Job credentials follow the run: a run's phases keep (or start)
+        // its session, any other phase ends it, the release first of all.
+        match &phase {
+            Phase::Registering { run_id, .. } => self.world.host.run_claimed(run_id),
+            Phase::Serving { registration } => self.world.host.run_claimed(&registration.run_id),
+            _ => self.world.host.run_over(),
+        }
         self.state.phase = phase;
         if resumes_as_saved {
             self.publish_state();

@@ -69,6 +69,13 @@ pub trait RunnerHost: Send + Sync {
     /// Resets the instance for the next run: `Ok` with a summary, or why it
     /// is not clean.
     fn reset(&self) -> impl Future<Output = Result<String, ResetError>> + Send;
+    /// `run_id` holds the instance (claimed, or resumed): what its jobs
+    /// need is prepared in the background (`crate::credentials`); the
+    /// claim never waits for it. Called again for the same run: nothing.
+    fn run_claimed(&self, _run_id: &str) {}
+    /// No run holds the instance any more: what its jobs were given stops
+    /// working.
+    fn run_over(&self) {}
     /// The clean-slate check of the last reset, if it got that far.
     fn last_check(&self) -> Option<crate::state::CheckRecord> {
         None

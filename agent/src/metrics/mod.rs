@@ -48,6 +48,7 @@ pub struct Metrics {
     heartbeat_failures: IntCounter,
     left_pool: IntCounterVec,
     self_terminations: IntCounterVec,
+    assume_role: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -134,12 +135,18 @@ impl Metrics {
                 "TerminateInstances calls EC2 accepted for this instance, by reason (expired, table_gone, record_gone, max_idle).",
                 &["reason"],
             ),
+            assume_role: reg.counter_vec(
+                "job_credentials_assume_role_total",
+                "AssumeRole calls for jobs' per-run credentials, by result (ok, failed).",
+                &["result"],
+            ),
             registry,
         };
         // Series a dashboard compares are shown at 0 before they first count.
         for result in ["ok", "failed"] {
             metrics.registrations.with_label_values(&[result]);
             metrics.resets.with_label_values(&[result]);
+            metrics.assume_role.with_label_values(&[result]);
         }
         metrics
     }
@@ -229,6 +236,12 @@ impl Metrics {
 
     pub fn left_pool(&self, reason: Orphan) {
         self.left_pool.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// An AssumeRole for a run's job credentials (`credentials/`).
+    pub fn assume_role(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.assume_role.with_label_values(&[result]).inc();
     }
 
     /// `reason` is `expiry::Reason::label`.

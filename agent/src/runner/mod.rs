@@ -12,6 +12,7 @@ pub mod tree;
 pub mod user;
 
 use crate::config::{GithubRepo, RunnerSettings};
+use crate::credentials::RunEnv;
 use crate::reset::cgroup::RunnerCgroup;
 use pid::Pgid;
 use process::{dup_stderr, GroupKillGuard};
@@ -394,12 +395,23 @@ impl RunnerControl {
     /// code (`exit.rs`). SIGINT and SIGTERM both make the listener shut
     /// down gracefully (its CtrlC and Unloading handlers).
     pub fn start(&self) -> Result<RunningRunner, RunnerError> {
+        self.start_with(&RunEnv::default())
+    }
+
+    /// `start`, with the environment changes of the run's job credentials
+    /// (`crate::credentials`): its endpoint and token set, the credential
+    /// sources that would shadow them removed.
+    pub fn start_with(&self, run_env: &RunEnv) -> Result<RunningRunner, RunnerError> {
         self.clear_job_marker();
         let listener = "bin/Runner.Listener";
         let mut command = self.command(listener, self.user.as_ref())?;
         let hooks = self.hook_dir();
         command.arg("run");
         command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
+        for name in run_env.remove {
+            command.env_remove(name);
+        }
+        command.envs(run_env.set.iter().map(|(k, v)| (k, v)));
         command
             .env(exit::DEPRECATED_EXIT_CODE_ENV, "1")
             .env(

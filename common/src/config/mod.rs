@@ -13,6 +13,7 @@ mod env;
 mod expiry;
 mod github;
 mod hardening;
+mod job_credentials;
 mod keys;
 mod metrics;
 mod raw;
@@ -29,6 +30,7 @@ pub use duration::parse_duration;
 pub use expiry::{ExpirySettings, DEFAULT_ORPHAN_GRACE};
 pub use github::GithubRepo;
 pub use hardening::HardeningSettings;
+pub use job_credentials::{JobCredentialsSettings, DEFAULT_JOB_CREDENTIALS_PORT};
 pub use metrics::MetricsSettings;
 pub use reset::{
     parse_size, DockerMode, ImageMode, ResetSettings, DEFAULT_HOME_PATHS, DEFAULT_TEMP_DIRS,
@@ -82,6 +84,9 @@ pub struct Settings {
     pub reset: ResetSettings,
     pub hardening: HardeningSettings,
     pub metrics: MetricsSettings,
+    /// Per-run AWS credentials for jobs, when `[job_credentials]` names a
+    /// role.
+    pub job_credentials: Option<JobCredentialsSettings>,
 }
 
 impl Settings {

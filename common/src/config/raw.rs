@@ -7,6 +7,7 @@ use super::agent::RawAgent;
 use super::expiry::RawExpiry;
 use super::github::RawGithub;
 use super::hardening::RawHardening;
+use super::job_credentials::RawJobCredentials;
 use super::metrics::RawMetrics;
 use super::reset::RawReset;
 use super::runner::RawRunner;
@@ -31,4 +32,6 @@ pub(super) struct RawConfig {
     pub hardening: RawHardening,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub job_credentials: RawJobCredentials,
 }

@@ -430,3 +430,76 @@ fn hardened_mode_keeps_nothing_by_default() {
         .to_string();
     assert!(err.contains("reset.images"), "{err}");
 }
+
+#[test]
+fn job_credentials_are_off_by_default_and_their_keys_checked() {
+    assert_eq!(load(MINIMAL, &[]).unwrap().job_credentials, None);
+    let arn = "arn:aws:iam::123456789012:role/ci/jobs";
+    let s = load(
+        &format!("{MINIMAL}[job_credentials]\nrole_arn = \"{arn}\"\n"),
+        &[],
+    )
+    .unwrap();
+    let jc = s.job_credentials.unwrap();
+    assert_eq!(jc.role_arn, arn);
+    assert_eq!(jc.duration, Duration::from_secs(3600));
+    let default = format!("127.0.0.1:{DEFAULT_JOB_CREDENTIALS_PORT}");
+    assert_eq!(jc.listen, default.parse().unwrap());
+    let env = [
+        ("RUNNER_AGENT_JOB_CREDENTIALS__ROLE_ARN", arn),
+        ("RUNNER_AGENT_JOB_CREDENTIALS__DURATION", "15m"),
+        ("RUNNER_AGENT_JOB_CREDENTIALS__LISTEN", "[::1]:0"),
+    ];
+    let jc = load(MINIMAL, &env).unwrap().job_credentials.unwrap();
+    assert_eq!(jc.duration, Duration::from_secs(900));
+    assert_eq!(jc.listen, "[::1]:0".parse().unwrap());
+    let jc = load(
+        MINIMAL,
+        &[
+            env[0],
+            ("RUNNER_AGENT_JOB_CREDENTIALS__LISTEN", "127.0.0.2"),
+        ],
+    );
+    let expected = format!("127.0.0.2:{DEFAULT_JOB_CREDENTIALS_PORT}");
+    assert_eq!(
+        jc.unwrap().job_credentials.unwrap().listen,
+        expected.parse().unwrap()
+    );
+    for (bad, key) in [
+        ("role_arn = \"ci-jobs\"", "role_arn"),
+        ("role_arn = \"arn:aws:iam::123:role/x\"", "role_arn"),
+        (
+            "role_arn = \"arn:aws:iam::123456789012:user/x\"",
+            "role_arn",
+        ),
+        ("duration = \"14m\"", "duration"),
+        ("duration = \"13h\"", "duration"),
+        ("listen = \"0.0.0.0:9611\"", "listen"),
+        ("listen = \"10.0.0.1\"", "listen"),
+        ("listen = \"localhost:9611\"", "listen"),
+    ] {
+        let role = if key == "role_arn" {
+            String::new()
+        } else {
+            format!("role_arn = \"{arn}\"\n")
+        };
+        let err = load(&format!("{MINIMAL}[job_credentials]\n{role}{bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("job_credentials.{key}")),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("/etc/runner-agent/config.toml"), "{err}");
+    }
+    // A duration without a role does nothing: said, not ignored.
+    let err = load(
+        &format!("{MINIMAL}[job_credentials]\nduration = \"1h\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("job_credentials.role_arn"),
+        "{err}"
+    );
+}

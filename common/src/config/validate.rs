@@ -22,6 +22,9 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         .into_settings(&section("reset"), hardening.enabled)?;
     hardening.check_needs(&section("hardening"), &runner, &reset)?;
     let metrics = raw.metrics.into_settings(&section("metrics"))?;
+    let job_credentials = raw
+        .job_credentials
+        .into_settings(&section("job_credentials"))?;
     Ok(Settings {
         source: path.to_owned(),
         table,
@@ -34,6 +37,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig) -> Result<Settings, ConfigEr
         reset,
         hardening,
         metrics,
+        job_credentials,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod fakes;
 mod backoff;
 mod boot;
 mod claim;
+mod credentials;
 mod faults;
 mod metrics;
 mod notices;

@@ -60,6 +60,13 @@ pub struct HostState {
     /// At each reset: deregistrations so far, and runners still running.
     pub reset_saw: Vec<(usize, usize)>,
     pub baselines: usize,
+    /// The run whose jobs' credentials are live (`run_claimed`, until
+    /// `run_over`), and each change of it in order.
+    pub current_run: Option<String>,
+    pub run_changes: Vec<Option<String>>,
+    /// `current_run` at each runner start and at each reset.
+    pub started_for: Vec<Option<String>>,
+    pub reset_for: Vec<Option<String>>,
     /// Exit senders (raw wait status) of the runners started, by pgid.
     pub exits: Vec<(i32, watch::Sender<Option<i32>>)>,
 }
@@ -208,6 +215,8 @@ impl RunnerHost for FakeHost {
         let pgid = {
             let mut s = self.lock();
             s.starts += 1;
+            let run = s.current_run.clone();
+            s.started_for.push(run);
             if s.start_failures > 0 {
                 s.start_failures -= 1;
                 return Err(failed("run.sh", 127));
@@ -233,6 +242,21 @@ impl RunnerHost for FakeHost {
         s.alive.clear();
     }
 
+    fn run_claimed(&self, run_id: &str) {
+        let mut s = self.lock();
+        if s.current_run.as_deref() != Some(run_id) {
+            s.current_run = Some(run_id.to_owned());
+            s.run_changes.push(Some(run_id.to_owned()));
+        }
+    }
+
+    fn run_over(&self) {
+        let mut s = self.lock();
+        if s.current_run.take().is_some() {
+            s.run_changes.push(None);
+        }
+    }
+
     async fn take_baseline(&self) {
         self.lock().baselines += 1;
     }
@@ -242,6 +266,8 @@ impl RunnerHost for FakeHost {
         let delay = {
             let mut s = self.lock();
             s.resets += 1;
+            let run = s.current_run.clone();
+            s.reset_for.push(run);
             let removes = s.removes.len();
             s.reset_saw.push((removes, running));
             s.reset_delay
