@@ -97,7 +97,7 @@ pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // First thing: the signals' default actions would kill the agent
     // before it can clean up (SIGTERM or SIGINT during the start would
-    // leave hardened mode's firewall behind, and SIGHUP, an operator's
+    // end it mid-step instead of at a clean point, and SIGHUP, an operator's
     // `kill -HUP` or a `systemctl reload` mapped to it, must not take the
     // runner down mid-job). Once tokio listens, a signal is only queued
     // until `forward_os_signals` reads it.

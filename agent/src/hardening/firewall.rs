@@ -128,6 +128,8 @@ pub async fn list() -> Result<Option<String>, FirewallError> {
 async fn nft(args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
     let mut child = Command::new("nft")
         .args(args)
+        // `list` reads "No such file or directory" from its stderr.
+        .env("LC_ALL", "C")
         .stdin(if script.is_some() {
             Stdio::piped()
         } else {
