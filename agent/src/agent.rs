@@ -1,10 +1,11 @@
 //! `runner-agent run`: the wiring. Identity from IMDS, the AWS clients,
 //! the background tasks (heartbeat, expiry watchdog, spot notices, OS
-//! signals, systemd watchdog), then the state machine until it stops;
-//! in hardened mode the firewall around all of it.
+//! signals, systemd watchdog, in hardened mode the firewall's guard), then
+//! the state machine until it stops; in hardened mode the firewall first.
 
 use crate::config::Settings;
 use crate::expiry::{SelfTermination, Watchdog};
+use crate::hardening::guard::{Installed, Nft};
 use crate::host::LocalHost;
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
 use crate::machine::{Events, Machine, Setup, SystemClock, Timing, World};
@@ -96,7 +97,7 @@ pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // First thing: the signals' default actions would kill the agent
     // before it can clean up (SIGTERM or SIGINT during the start would
-    // leave hardened mode's firewall behind, and SIGHUP, an operator's
+    // end it mid-step instead of at a clean point, and SIGHUP, an operator's
     // `kill -HUP` or a `systemctl reload` mapped to it, must not take the
     // runner down mid-job). Once tokio listens, a signal is only queued
     // until `forward_os_signals` reads it.
@@ -114,26 +115,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let user = RunnerUser::resolve(settings.runner.user.as_deref()).context("runner user")?;
     // Before anything can start the runner; an error here ends the start.
-    let hardened = crate::hardening::start(&settings, user.as_ref()).await?;
-    let result = async {
-        let imds = Imds::from_env();
-        // IMDS may take long to answer at boot: a stop meanwhile ends the
-        // start (after the firewall is removed, below).
-        let id = tokio::select! {
-            id = identity(&imds) => id?,
-            () = signals.stopping() => return Ok(()),
-        };
-        let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-        run_instance(settings, store, state, user, imds, id, signals)
-            .instrument(span)
-            .await
-    }
-    .await;
-    // After the machine has stopped the runner, however the run ended.
-    if hardened {
-        crate::hardening::stop().await;
-    }
-    result
+    // The firewall stays after the agent exits (hardening/mod.rs).
+    let firewall = crate::hardening::start(&settings, user.as_ref()).await?;
+    let imds = Imds::from_env();
+    // IMDS may take long to answer at boot: a stop meanwhile ends the start.
+    let id = tokio::select! {
+        id = identity(&imds) => id?,
+        () = signals.stopping() => return Ok(()),
+    };
+    let span = tracing::info_span!("agent", instance_id = %id.instance_id);
+    let prepared = Prepared {
+        store,
+        state,
+        user,
+        firewall,
+    };
+    run_instance(settings, prepared, imds, id, signals)
+        .instrument(span)
+        .await
+}
+
+/// What the start prepared before the instance was known.
+struct Prepared {
+    store: StateStore,
+    state: AgentState,
+    user: Option<RunnerUser>,
+    /// Hardened mode's table, installed.
+    firewall: Option<Installed<Nft>>,
 }
 
 /// Everything after the instance is known, inside the `agent` span (so
@@ -141,13 +149,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// machine until it stops; the tasks are joined before returning.
 async fn run_instance(
     settings: Settings,
-    store: StateStore,
-    mut state: AgentState,
-    user: Option<RunnerUser>,
+    prepared: Prepared,
     imds: Imds,
     id: Identity,
     signals: OsSignals,
 ) -> anyhow::Result<()> {
+    let Prepared {
+        store,
+        mut state,
+        user,
+        firewall,
+    } = prepared;
     tracing::info!(region = %id.region, initial_run_id = ?id.initial_run_id, table = %settings.table, "starting");
     if state
         .instance_id
@@ -220,6 +232,16 @@ async fn run_instance(
         )
         .in_current_span(),
     );
+    if let Some(firewall) = firewall {
+        // Checked as often as the heartbeat is written.
+        let guard = crate::hardening::guard::run(
+            firewall,
+            settings.timing.heartbeat_interval,
+            metrics.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(guard.in_current_span());
+    }
     export_metrics(&settings.metrics, &metrics, &stop, &mut tasks).await;
     let credentials =
         serve_job_credentials(&settings, &sdk, &id, &metrics, &stop, &mut tasks).await;

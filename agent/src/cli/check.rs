@@ -126,7 +126,8 @@ pub async fn run(config: &Path) -> ExitCode {
 }
 
 /// The isolation level, one line. It fails only when hardened mode is on
-/// and jobs can become root anyway: then the firewall protects nothing.
+/// and jobs can become root (or read the logs) anyway: then the firewall
+/// protects nothing, and the agent refuses to start.
 async fn isolation(settings: &Settings) -> Result<String, String> {
     let facts = isolation::probe(settings.runner.user.as_deref())
         .await

@@ -58,8 +58,8 @@ enum Command {
     /// baking images), then exit.
     Install,
     /// Hardened mode's firewall by hand: `apply` installs the table the
-    /// agent installs at start, `remove` removes it (as the agent does at
-    /// stop). For maintenance and tests.
+    /// agent installs at start, `remove` removes it (the agent leaves it
+    /// in place when it stops). For maintenance, packaging and tests.
     #[command(hide = true)]
     Firewall {
         #[arg(value_enum)]
@@ -102,7 +102,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{outcome:?}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Firewall { action } => firewall::run(&load()?, action)
+        Command::Firewall { action } => firewall::run(&cli.config, action)
             .await
             .map(|()| ExitCode::SUCCESS),
     }

@@ -12,6 +12,7 @@
 //! bindings leave us to assemble the rules' bytecode that `nft` compiles
 //! for us.
 
+use super::targets::Blocked;
 use std::net::IpAddr;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -27,7 +28,7 @@ pub const FAMILY: &str = "inet";
 pub enum FirewallError {
     #[error("running nft (is the nftables package installed?): {0}")]
     Spawn(std::io::Error),
-    #[error("nft -f - failed ({status}): {stderr}")]
+    #[error("nft failed ({status}): {stderr}")]
     Nft {
         status: std::process::ExitStatus,
         stderr: String,
@@ -38,22 +39,37 @@ pub enum FirewallError {
 /// first makes the `delete` succeed whether or not it was there, so
 /// applying twice leaves one copy, and nothing is unprotected in between
 /// (`nft -f` commits the file atomically).
-pub fn apply_script(uid: u32, addresses: &[IpAddr]) -> String {
+///
+/// Two chains. `output`: what the runner user's own sockets send
+/// (`meta skuid`), rootless containers included, whose traffic leaves
+/// through their user's slirp4netns or pasta. `forward`: what the host
+/// routes for others (containers on a bridge, VMs), which has no socket
+/// here and so no uid: all of it to the blocked addresses is rejected.
+/// Loopback traffic is never forwarded, so the port rules are output-only.
+pub fn apply_script(uid: u32, blocked: &Blocked) -> String {
     let mut text = remove_script();
-    text.push_str(&format!(
-        "table {FAMILY} {TABLE} {{\n    chain output {{\n        type filter hook output priority 0; policy accept;\n"
-    ));
-    let v4: Vec<String> = addresses
-        .iter()
-        .filter(|a| a.is_ipv4())
-        .map(IpAddr::to_string)
-        .collect();
-    let v6: Vec<String> = addresses
-        .iter()
-        .filter(|a| a.is_ipv6())
-        .map(IpAddr::to_string)
-        .collect();
-    for (selector, list) in [("ip daddr", v4), ("ip6 daddr", v6)] {
+    text.push_str(&format!("table {FAMILY} {TABLE} {{\n"));
+    let owner = format!("meta skuid {uid} ");
+    text.push_str(&chain("output", &owner, blocked, true));
+    text.push_str(&chain("forward", "", blocked, false));
+    text.push_str("}\n");
+    text
+}
+
+/// One base chain: `matching` (say, the socket owner) before each rule.
+fn chain(hook: &str, matching: &str, blocked: &Blocked, ports: bool) -> String {
+    let mut text = format!(
+        "    chain {hook} {{\n        type filter hook {hook} priority 0; policy accept;\n"
+    );
+    let family = |v4: bool| -> Vec<String> {
+        blocked
+            .addresses
+            .iter()
+            .filter(|a| a.is_ipv4() == v4)
+            .map(IpAddr::to_string)
+            .collect()
+    };
+    for (selector, list) in [("ip daddr", family(true)), ("ip6 daddr", family(false))] {
         if list.is_empty() {
             continue;
         }
@@ -62,10 +78,18 @@ pub fn apply_script(uid: u32, addresses: &[IpAddr]) -> String {
         // "connection refused" instead of hanging; anything else (UDP,
         // ICMP) an ICMP port-unreachable.
         text.push_str(&format!(
-            "        meta skuid {uid} {selector} {{ {set} }} meta l4proto tcp reject with tcp reset\n        meta skuid {uid} {selector} {{ {set} }} reject\n"
+            "        {matching}{selector} {{ {set} }} meta l4proto tcp reject with tcp reset\n        {matching}{selector} {{ {set} }} reject\n"
         ));
     }
-    text.push_str("    }\n}\n");
+    for socket in blocked.ports.iter().filter(|_| ports) {
+        let selector = if socket.is_ipv4() { "ip" } else { "ip6" };
+        text.push_str(&format!(
+            "        {matching}{selector} daddr {} tcp dport {} reject with tcp reset\n",
+            socket.ip(),
+            socket.port()
+        ));
+    }
+    text.push_str("    }\n");
     text
 }
 
@@ -74,38 +98,63 @@ pub fn remove_script() -> String {
     format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
 }
 
-/// Rejects `uid`'s traffic to `addresses`, replacing any earlier copy.
-pub async fn apply(uid: u32, addresses: &[IpAddr]) -> Result<(), FirewallError> {
-    nft(&apply_script(uid, addresses)).await
+/// Rejects `uid`'s traffic (and forwarded traffic) to `blocked`,
+/// replacing any earlier copy.
+pub async fn apply(uid: u32, blocked: &Blocked) -> Result<(), FirewallError> {
+    nft(&["-f", "-"], Some(&apply_script(uid, blocked))).await?;
+    Ok(())
 }
 
 /// Removes the table; nothing to do when it is not there.
 pub async fn remove() -> Result<(), FirewallError> {
-    nft(&remove_script()).await
+    nft(&["-f", "-"], Some(&remove_script())).await?;
+    Ok(())
 }
 
-async fn nft(script: &str) -> Result<(), FirewallError> {
+/// The table as the kernel holds it (`nft list table`), `None` when it is
+/// not there. Two listings of the same rules are the same text.
+pub async fn list() -> Result<Option<String>, FirewallError> {
+    match nft(&["list", "table", FAMILY, TABLE], None).await {
+        Ok(text) => Ok(Some(text)),
+        // nft's words for ENOENT, whatever its version's wording around it.
+        Err(FirewallError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `nft args`, `script` on its stdin; its stdout.
+async fn nft(args: &[&str], script: Option<&str>) -> Result<String, FirewallError> {
     let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .args(args)
+        // `list` reads "No such file or directory" from its stderr.
+        .env("LC_ALL", "C")
+        .stdin(if script.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(FirewallError::Spawn)?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    stdin
-        .write_all(script.as_bytes())
-        .await
-        .map_err(FirewallError::Spawn)?;
-    // EOF: nft reads the whole file before it commits.
-    drop(stdin);
+    if let Some(script) = script {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(FirewallError::Spawn)?;
+        // EOF: nft reads the whole file before it commits.
+        drop(stdin);
+    }
     let out = child
         .wait_with_output()
         .await
         .map_err(FirewallError::Spawn)?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     Err(FirewallError::Nft {
         status: out.status,
@@ -117,15 +166,21 @@ async fn nft(script: &str) -> Result<(), FirewallError> {
 mod tests {
     use super::*;
 
-    fn addrs(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|a| a.parse().unwrap()).collect()
+    fn blocked(addresses: &[&str], ports: &[&str]) -> Blocked {
+        Blocked {
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            ports: ports.iter().map(|a| a.parse().unwrap()).collect(),
+        }
     }
 
     #[test]
-    fn both_families_are_rejected_for_the_user_only() {
+    fn the_user_is_rejected_and_forwarded_traffic_too() {
         let text = apply_script(
             1001,
-            &addrs(&["169.254.169.254", "fd00:ec2::254", "10.0.0.1"]),
+            &blocked(
+                &["169.254.169.254", "fd00:ec2::254", "10.0.0.1"],
+                &["127.0.0.9:1338", "[::1]:80"],
+            ),
         );
         let expected = "\
 table inet runner_agent
@@ -137,6 +192,15 @@ table inet runner_agent {
         meta skuid 1001 ip daddr { 169.254.169.254, 10.0.0.1 } reject
         meta skuid 1001 ip6 daddr { fd00:ec2::254 } meta l4proto tcp reject with tcp reset
         meta skuid 1001 ip6 daddr { fd00:ec2::254 } reject
+        meta skuid 1001 ip daddr 127.0.0.9 tcp dport 1338 reject with tcp reset
+        meta skuid 1001 ip6 daddr ::1 tcp dport 80 reject with tcp reset
+    }
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        ip daddr { 169.254.169.254, 10.0.0.1 } meta l4proto tcp reject with tcp reset
+        ip daddr { 169.254.169.254, 10.0.0.1 } reject
+        ip6 daddr { fd00:ec2::254 } meta l4proto tcp reject with tcp reset
+        ip6 daddr { fd00:ec2::254 } reject
     }
 }
 ";
@@ -145,11 +209,12 @@ table inet runner_agent {
 
     #[test]
     fn a_family_without_addresses_gets_no_rule() {
-        let text = apply_script(7, &addrs(&["fd00:ec2::254"]));
+        let text = apply_script(7, &blocked(&["fd00:ec2::254"], &[]));
         assert!(!text.contains("ip daddr"), "{text}");
-        assert_eq!(text.matches("ip6 daddr").count(), 2, "{text}");
-        let text = apply_script(7, &[]);
+        assert_eq!(text.matches("ip6 daddr").count(), 4, "{text}");
+        let text = apply_script(7, &blocked(&[], &[]));
         assert!(!text.contains("skuid"), "{text}");
+        assert!(!text.contains("daddr"), "{text}");
     }
 
     #[test]
@@ -158,6 +223,6 @@ table inet runner_agent {
             remove_script(),
             "table inet runner_agent\ndelete table inet runner_agent\n"
         );
-        assert!(apply_script(1, &[]).starts_with(&remove_script()));
+        assert!(apply_script(1, &Blocked::default()).starts_with(&remove_script()));
     }
 }

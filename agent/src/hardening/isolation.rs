@@ -7,8 +7,14 @@ use std::fmt;
 /// Members of these groups can sudo under the distributions' default
 /// sudoers (Debian/Ubuntu: sudo, admin on old Ubuntu; Amazon Linux: wheel).
 const SUDO_GROUPS: &[&str] = &["sudo", "wheel", "admin"];
-/// Access to the docker socket is root: `docker run -v /:/host --privileged`.
-const DOCKER_GROUP: &str = "docker";
+/// Groups that are root in all but name: the docker socket (`docker run
+/// -v /:/host --privileged`), lxd's socket (a privileged container), raw
+/// block devices (`disk`: any file of the root filesystem, read and
+/// written under the kernel's file permissions).
+const ROOT_GROUPS: &[&str] = &["docker", "lxd", "disk"];
+/// Reads the system logs (/var/log, the whole journal): other services'
+/// secrets, and what the agent logs about the pool.
+const LOG_GROUP: &str = "adm";
 
 /// What `sudo -l -U <user>` said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +43,8 @@ pub enum Isolation {
     Root,
     /// A job can make itself root; the reasons, as phrases.
     CanBecomeRoot(Vec<String>),
+    /// A job cannot become root but can read every log; the reasons.
+    ReadsLogs(Vec<String>),
     Isolated,
 }
 
@@ -53,6 +61,11 @@ impl fmt::Display for Isolation {
             Isolation::CanBecomeRoot(reasons) => write!(
                 f,
                 "the runner user {}: jobs can become root",
+                reasons.join(" and ")
+            ),
+            Isolation::ReadsLogs(reasons) => write!(
+                f,
+                "the runner user {}: jobs can read the system logs",
                 reasons.join(" and ")
             ),
             Isolation::Isolated => f.write_str("isolated"),
@@ -82,13 +95,16 @@ pub fn decide(facts: &Facts) -> Isolation {
         }
         (SudoRules::NotInstalled | SudoRules::NotAllowed, None) => {}
     }
-    if in_group(&[DOCKER_GROUP]).is_some() {
-        reasons.push("is in the docker group".to_owned());
+    for group in ROOT_GROUPS {
+        if in_group(&[group]).is_some() {
+            reasons.push(format!("is in the {group} group"));
+        }
     }
-    if reasons.is_empty() {
-        Isolation::Isolated
-    } else {
-        Isolation::CanBecomeRoot(reasons)
+    let logs = in_group(&[LOG_GROUP]).map(|g| format!("is in the {g} group"));
+    match (reasons.is_empty(), logs) {
+        (false, logs) => Isolation::CanBecomeRoot(reasons.into_iter().chain(logs).collect()),
+        (true, Some(logs)) => Isolation::ReadsLogs(vec![logs]),
+        (true, None) => Isolation::Isolated,
     }
 }
 
@@ -234,6 +250,21 @@ mod tests {
                 "the runner user can sudo and is in the docker group: jobs can become root",
             ),
             (
+                &["runner", "lxd"],
+                SudoRules::NotAllowed,
+                "the runner user is in the lxd group: jobs can become root",
+            ),
+            (
+                &["runner", "disk", "adm"],
+                SudoRules::NotInstalled,
+                "the runner user is in the disk group and is in the adm group: jobs can become root",
+            ),
+            (
+                &["runner", "adm"],
+                SudoRules::NotAllowed,
+                "the runner user is in the adm group: jobs can read the system logs",
+            ),
+            (
                 &["runner"],
                 SudoRules::Unknown("no tty".into()),
                 "may be able to sudo (sudo -l did not tell: no tty)",
@@ -252,7 +283,8 @@ mod tests {
     #[test]
     fn a_plain_user_is_isolated() {
         for sudo in [SudoRules::NotAllowed, SudoRules::NotInstalled] {
-            let level = decide(&facts(1001, &["runner", "users", "dockerish"], sudo));
+            let groups = ["runner", "users", "dockerish", "lxd-users", "admins"];
+            let level = decide(&facts(1001, &groups, sudo));
             assert_eq!(level, Isolation::Isolated);
             assert_eq!(level.to_string(), "isolated");
         }

@@ -1,34 +1,35 @@
 //! Hardened mode (`[hardening] enabled = true`): jobs, running as a
 //! dedicated runner user, cannot reach what only the agent should. At start
-//! the agent rejects that user's traffic to the instance metadata service
-//! (so no job can take the instance role, which reads and writes the pool's
-//! table and its registration token) and keeps its config and state
-//! readable by root only; on stop it removes its firewall table.
+//! the agent refuses a runner user who could undo that (root through sudo
+//! or a root-equivalent group), keeps its config and state readable by
+//! root only, and rejects that user's traffic, and traffic the host
+//! forwards, to the instance metadata service and the container
+//! credential endpoints (so no job can take the instance role, which reads
+//! and writes the pool's table and its registration token). The rules are
+//! checked every heartbeat interval and put back when missing (`guard`).
+//!
+//! The table outlives the agent: it stays through a stop, a restart and a
+//! crash, so jobs are never unprotected between two agents; the next
+//! hardened start replaces it in one transaction, a start with hardened
+//! mode off removes it, and so does `runner-agent firewall remove`.
 //!
 //! A firewall that cannot be installed fails the start: an agent asked to
 //! serve hardened must not serve unprotected, and systemd's restart retries
 //! it (`Restart=on-failure`), every attempt logged.
 
 pub mod firewall;
+pub mod guard;
 pub mod isolation;
+pub mod targets;
 
-use crate::config::{HardeningSettings, Settings};
+use crate::config::Settings;
 use crate::runner::user::RunnerUser;
-use anyhow::{anyhow, bail, Context};
-use runner_agent_common::http_url;
-use std::net::{IpAddr, ToSocketAddrs};
+use anyhow::{bail, Context};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// The IMDS endpoint override the AWS SDK (and so the agent) honours.
-pub const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
-
-/// The uid to block and the addresses it may not reach: the configured
-/// metadata addresses and the host of the agent's IMDS endpoint override.
-pub fn firewall_target(
-    settings: &Settings,
-    user: Option<&RunnerUser>,
-) -> anyhow::Result<(u32, Vec<IpAddr>)> {
+/// The uid to block: the runner user's, never root's.
+pub fn runner_uid(user: Option<&RunnerUser>) -> anyhow::Result<u32> {
     // `resolve` gives `None` for the agent's own user; the config refuses
     // an unset or `root` runner.user, this catches another name for uid 0.
     let Some(user) = user.filter(|u| !u.uid.is_root()) else {
@@ -36,44 +37,18 @@ pub fn firewall_target(
             "hardening needs runner.user to be a dedicated user, not root or the agent's own user"
         );
     };
-    let endpoint = std::env::var(ENDPOINT_ENV).ok();
-    let addresses = blocked_addresses(&settings.hardening, endpoint.as_deref())?;
-    Ok((user.uid.as_raw(), addresses))
+    Ok(user.uid.as_raw())
 }
 
-/// The configured addresses plus the override's host (its name resolved:
-/// the firewall matches addresses), without duplicates.
-pub fn blocked_addresses(
-    settings: &HardeningSettings,
-    endpoint: Option<&str>,
-) -> anyhow::Result<Vec<IpAddr>> {
-    let mut addresses = settings.metadata_addresses.clone();
-    if let Some(endpoint) = endpoint.filter(|e| !e.trim().is_empty()) {
-        // The SDK reaches IMDS over http(s) only, so the common parser's
-        // refusals are of endpoints the agent could not use either.
-        let url = http_url::parse(endpoint.trim()).map_err(|e| anyhow!("{ENDPOINT_ENV}: {e}"))?;
-        let Some(host) = url.host_str() else {
-            bail!("{ENDPOINT_ENV}={endpoint:?} has no host");
-        };
-        // An IPv6 host keeps its brackets in the URL's text.
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let extra: Vec<IpAddr> = match literal.parse::<IpAddr>() {
-            Ok(address) => vec![address],
-            Err(_) => (host, 0)
-                .to_socket_addrs()
-                .with_context(|| format!("resolving {host} from {ENDPOINT_ENV}"))?
-                .map(|s| s.ip())
-                .collect(),
-        };
-        addresses.extend(extra);
-    }
-    let mut unique = Vec::new();
-    for a in addresses {
-        if !unique.contains(&a) {
-            unique.push(a);
-        }
-    }
-    Ok(unique)
+/// The rules for `settings`: the runner user's uid, the configured
+/// addresses and the agent's IMDS endpoint overrides.
+pub async fn firewall_rules(
+    settings: &Settings,
+    user: Option<&RunnerUser>,
+) -> anyhow::Result<guard::Nft> {
+    let uid = runner_uid(user)?;
+    let blocked = targets::from_env(&settings.hardening.metadata_addresses).await?;
+    Ok(guard::Nft { uid, blocked })
 }
 
 /// The state dir becomes 0700; a config file that group or others can read
@@ -100,39 +75,67 @@ pub fn protect_files(config: &Path, state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hardened-mode start: files first, then the firewall. `Ok(false)`: not
-/// enabled, nothing done. An error means the agent must not run.
-pub async fn start(settings: &Settings, user: Option<&RunnerUser>) -> anyhow::Result<bool> {
+/// Hardened-mode start: the user, the files, then the firewall.
+/// `Ok(None)`: not enabled, and a table an earlier hardened agent left is
+/// removed. An error means the agent must not run.
+pub async fn start(
+    settings: &Settings,
+    user: Option<&RunnerUser>,
+) -> anyhow::Result<Option<guard::Installed<guard::Nft>>> {
     if !settings.hardening.enabled {
-        return Ok(false);
+        remove_leftover().await;
+        return Ok(None);
     }
-    let (uid, addresses) = firewall_target(settings, user)?;
+    let rules = firewall_rules(settings, user).await?;
+    refuse_escapable(user).await?;
     protect_files(&settings.source, &settings.state_dir)?;
-    firewall::apply(uid, &addresses)
+    let installed = guard::Installed::install(rules)
         .await
         .context("hardened mode: installing the firewall; refusing to run without it")?;
-    tracing::info!(uid, addresses = ?addresses, table = firewall::TABLE, "hardened mode: the runner user cannot reach instance metadata");
-    // The firewall does not stop a user who can become root; say so, but
-    // run: the rule still stops whatever does not try that hard.
-    let name = user.map(|u| u.name.as_str());
-    match isolation::probe(name).await {
-        Ok(facts) => {
-            let level = isolation::decide(&facts);
-            if !level.is_isolated() {
-                tracing::warn!(%level, "hardened mode, but jobs are not isolated");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot tell how isolated jobs are"),
-    }
-    Ok(true)
+    let blocked = &installed.rules().blocked;
+    tracing::info!(
+        uid = installed.rules().uid,
+        addresses = ?blocked.addresses,
+        ports = ?blocked.ports,
+        table = firewall::TABLE,
+        "hardened mode: the runner user cannot reach instance metadata"
+    );
+    Ok(Some(installed))
 }
 
-/// Hardened-mode stop: the table goes. A failure is logged; the table then
-/// stays until the next start replaces it (which errs on the safe side).
-pub async fn stop() {
-    match firewall::remove().await {
-        Ok(()) => tracing::info!(table = firewall::TABLE, "firewall removed"),
-        Err(e) => tracing::error!(error = %e, "removing the firewall"),
+/// A runner user who can become root (or read the logs, `adm`) can remove
+/// any firewall rule and read what the agent keeps from jobs: hardened
+/// mode would promise what it cannot keep. A probe that does not tell
+/// refuses too.
+async fn refuse_escapable(user: Option<&RunnerUser>) -> anyhow::Result<()> {
+    let facts = isolation::probe(user.map(|u| u.name.as_str()))
+        .await
+        .context("hardened mode: reading the runner user's groups and sudo rights")?;
+    let level = isolation::decide(&facts);
+    if !level.is_isolated() {
+        bail!("hardened mode: {level}; refusing to run (remove the user from those groups and sudoers)");
+    }
+    Ok(())
+}
+
+/// Not hardened: a table a hardened agent left (it outlives the agent) no
+/// longer belongs. Quiet when `nft` is not installed: then there is none.
+async fn remove_leftover() {
+    match firewall::list().await {
+        Ok(None) => {}
+        Ok(Some(_)) => match firewall::remove().await {
+            Ok(()) => tracing::info!(
+                table = firewall::TABLE,
+                "hardened mode is off: removed the firewall table an earlier start left"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, table = firewall::TABLE, "hardened mode is off, but the firewall table it left cannot be removed")
+            }
+        },
+        Err(firewall::FirewallError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Not ours to worry about when not hardened (an agent without
+        // CAP_NET_ADMIN, say); debug for whoever looks.
+        Err(e) => tracing::debug!(error = %e, "cannot list the firewall tables"),
     }
 }
 
@@ -140,30 +143,6 @@ pub async fn stop() {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    fn settings(list: &[&str]) -> HardeningSettings {
-        HardeningSettings {
-            enabled: true,
-            metadata_addresses: list.iter().map(|a| a.parse().unwrap()).collect(),
-        }
-    }
-
-    #[test]
-    fn the_endpoint_override_host_is_blocked_too() {
-        let s = settings(&["169.254.169.254", "fd00:ec2::254"]);
-        let got = blocked_addresses(&s, None).unwrap();
-        assert_eq!(got, s.metadata_addresses);
-        let got = blocked_addresses(&s, Some("http://127.0.0.9:8123/")).unwrap();
-        assert_eq!(got.last().unwrap().to_string(), "127.0.0.9");
-        let got = blocked_addresses(&s, Some("http://[fd00:ec2::254]")).unwrap();
-        assert_eq!(got.len(), 2, "no duplicates: {got:?}");
-        let got = blocked_addresses(&s, Some("http://localhost:1338")).unwrap();
-        assert!(got.iter().any(|a| a.is_loopback()), "{got:?}");
-        for bad in ["not a url", "https:127.0.0.9", "ftp://127.0.0.9/"] {
-            assert!(blocked_addresses(&s, Some(bad)).is_err(), "{bad}");
-        }
-        assert_eq!(blocked_addresses(&s, Some("")).unwrap().len(), 2);
-    }
 
     #[test]
     fn files_end_up_readable_by_their_owner_only() {

@@ -1,5 +1,6 @@
 //! What the agent counts for operators: claims, registrations, jobs,
-//! releases, resets, runner exits, DynamoDB errors, notices, heartbeats.
+//! releases, resets, runner exits, DynamoDB errors, notices, heartbeats,
+//! firewall restores.
 //! The figures live in one registry, always kept (a few atomics); they
 //! leave the process only when `[metrics]` asks for it: a scrape endpoint
 //! (`endpoint.rs`) or a node_exporter textfile (`textfile.rs`).
@@ -49,6 +50,7 @@ pub struct Metrics {
     left_pool: IntCounterVec,
     self_terminations: IntCounterVec,
     assume_role: IntCounterVec,
+    firewall_restores: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -140,6 +142,11 @@ impl Metrics {
                 "AssumeRole calls for jobs' per-run credentials, by result (ok, failed).",
                 &["result"],
             ),
+            firewall_restores: reg.counter_vec(
+                "firewall_restores_total",
+                "Hardened mode: times the firewall table was found missing or changed and installed again, by result.",
+                &["result"],
+            ),
             registry,
         };
         // Series a dashboard compares are shown at 0 before they first count.
@@ -147,6 +154,7 @@ impl Metrics {
             metrics.registrations.with_label_values(&[result]);
             metrics.resets.with_label_values(&[result]);
             metrics.assume_role.with_label_values(&[result]);
+            metrics.firewall_restores.with_label_values(&[result]);
         }
         metrics
     }
@@ -247,6 +255,13 @@ impl Metrics {
     /// `reason` is `expiry::Reason::label`.
     pub fn self_terminated(&self, reason: &str) {
         self.self_terminations.with_label_values(&[reason]).inc();
+    }
+
+    /// Hardened mode's firewall was found missing or changed and installed
+    /// again (`ok`), or could not be (`failed`).
+    pub fn firewall_restored(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.firewall_restores.with_label_values(&[result]).inc();
     }
 }
 

@@ -18,6 +18,10 @@ fn every_series_is_rendered_with_its_counts() {
         Some(0.0)
     );
     assert_eq!(sample(&text, "runner_agent_jobs_started_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "runner_agent_firewall_restores_total{result=\"ok\"}"),
+        Some(0.0)
+    );
     let info = format!(
         "runner_agent_info{{version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")
@@ -42,6 +46,9 @@ fn every_series_is_rendered_with_its_counts() {
     m.heartbeat_failed();
     m.left_pool(crate::orphan::Orphan::TableGone);
     m.self_terminated("expired");
+    m.firewall_restored(true);
+    m.firewall_restored(true);
+    m.firewall_restored(false);
     let text = m.render();
     for (series, value) in [
         ("runner_agent_state{state=\"idle\"}", 0.0),
@@ -74,6 +81,11 @@ fn every_series_is_rendered_with_its_counts() {
             1.0,
         ),
         ("runner_agent_notices_total{kind=\"rebalance\"}", 1.0),
+        ("runner_agent_firewall_restores_total{result=\"ok\"}", 2.0),
+        (
+            "runner_agent_firewall_restores_total{result=\"failed\"}",
+            1.0,
+        ),
         ("runner_agent_heartbeat_failures_total", 1.0),
         ("runner_agent_left_pool_total{reason=\"table_gone\"}", 1.0),
         (

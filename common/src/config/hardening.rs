@@ -7,8 +7,17 @@ use super::{ConfigError, ResetSettings, RunnerSettings};
 use serde::Deserialize;
 use std::net::IpAddr;
 
-/// IMDS over IPv4 and IPv6.
-const DEFAULT_METADATA_ADDRESSES: &[&str] = &["169.254.169.254", "fd00:ec2::254"];
+/// Where an instance's credentials can be served: IMDS (IPv4, IPv6), the
+/// ECS task credential endpoint, the EKS Pod Identity agent (IPv4, IPv6).
+/// Only IMDS serves the instance role; the others are blocked as well
+/// so that nothing a host runs for containers hands a job credentials.
+const DEFAULT_METADATA_ADDRESSES: &[&str] = &[
+    "169.254.169.254",
+    "fd00:ec2::254",
+    "169.254.170.2",
+    "169.254.170.23",
+    "fd00:ec2::23",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

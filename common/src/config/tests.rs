@@ -296,7 +296,19 @@ fn reset_is_on_by_default_and_hardening_off() {
         .home_paths
         .contains(&PathBuf::from(".docker/config.json")));
     assert!(!s.hardening.enabled);
-    assert_eq!(s.hardening.metadata_addresses.len(), 2);
+    let defaults: Vec<String> = (s.hardening.metadata_addresses.iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        defaults,
+        [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "fd00:ec2::23"
+        ]
+    );
 }
 
 #[test]
