@@ -1,7 +1,7 @@
 //! The IAM check on a test stack: every call its proxy recorded, evaluated
 //! against a policy as the stack's instance would be.
 
-use super::{authorizations, evaluate, Decision, Origin};
+use super::{authorizations, evaluate, Decision, Origin, Request};
 use crate::Stack;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -61,11 +61,11 @@ impl Stack {
         self.assert_calls_allowed(&policy).await
     }
 
-    /// Evaluates every call the proxy recorded against `policy`; panics,
-    /// listing the calls denied, unless all are allowed. Returns how many
-    /// authorizations were checked. All calls are taken as this instance's:
-    /// not for a stack whose proxy a sibling's agent also uses.
-    pub async fn assert_calls_allowed(&self, policy: &Value) -> usize {
+    /// Every authorization of the calls the proxy recorded that `policy`
+    /// does not allow, with IAM's decision; and how many were checked.
+    /// All calls are taken as this instance's: not for a stack whose proxy
+    /// a sibling's agent also uses.
+    pub async fn denied_calls(&self, policy: &Value) -> (Vec<(Decision, Request)>, usize) {
         let origin = self.iam_origin().await;
         let calls = self.proxy.counts().calls;
         assert!(!calls.is_empty(), "the proxy recorded no calls");
@@ -76,15 +76,24 @@ impl Stack {
                 checked += 1;
                 let decision = evaluate(policy, &request);
                 if !matches!(decision, Decision::Allowed(_)) {
-                    denied.push(format!("{decision:?}: {request:?}"));
+                    denied.push((decision, request));
                 }
             }
         }
+        (denied, checked)
+    }
+
+    /// Panics, listing the calls denied, unless `policy` allows every call
+    /// the proxy recorded (`denied_calls`). Returns how many authorizations
+    /// were checked.
+    pub async fn assert_calls_allowed(&self, policy: &Value) -> usize {
+        let (denied, checked) = self.denied_calls(policy).await;
+        let list: Vec<String> = denied.iter().map(|d| format!("{d:?}")).collect();
         assert!(
             denied.is_empty(),
             "{} of {checked} authorizations denied by {policy}:\n{}",
             denied.len(),
-            denied.join("\n")
+            list.join("\n")
         );
         checked
     }

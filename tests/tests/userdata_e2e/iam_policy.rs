@@ -66,6 +66,26 @@ async fn iam_policy_allows_exactly_the_calls_the_agent_makes() {
     let checked = stack.assert_calls_allowed(&policy).await;
     let calls = stack.proxy.counts().calls.len();
     eprintln!("{calls} calls, {checked} authorizations, all allowed");
+    // The check can fail: a policy one partition or one tag narrower
+    // denies exactly the calls that need it.
+    let mut narrower = policy.clone();
+    narrower["Statement"][1]["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] =
+        serde_json::json!(["TYPE#HEARTBEAT"]);
+    narrower["Statement"][3]["Condition"]["StringEquals"]["ec2:ResourceTag/AllowSelfTermination"] =
+        "yes".into();
+    let (denied, _) = stack.denied_calls(&narrower).await;
+    let denied: std::collections::BTreeSet<String> = denied
+        .iter()
+        .map(|(_, r)| match r.context.get("dynamodb:leadingkeys") {
+            Some(keys) => format!("{} {}", r.action, keys.join(",")),
+            None => r.action.clone(),
+        })
+        .collect();
+    assert_eq!(
+        denied.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["dynamodb:PutItem TYPE#WS", "ec2:TerminateInstances"],
+        "signals and the termination, nothing else"
+    );
     // The table statement names this table, and termination needs the tag.
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
