@@ -137,6 +137,21 @@ async fn a_job_gets_its_runs_assumed_role_and_the_token_dies_with_the_run() {
         2,
         "one session a run"
     );
+    // Both AssumeRole calls (with their session tags: sts:TagSession) and
+    // every table and EC2 call are allowed by the generated policy for this
+    // job role, condition keys included; without the job role, the STS
+    // calls are not.
+    let policy = stack.instance_role_policy_with(Some(ROLE_ARN)).await;
+    let checked = stack.assert_calls_allowed(&policy).await;
+    assert!(checked >= 4, "{checked} authorizations checked");
+    let (denied, _) = stack
+        .denied_calls(&stack.instance_role_policy().await)
+        .await;
+    let denied: Vec<String> = denied.iter().map(|(_, r)| r.action.clone()).collect();
+    assert!(
+        !denied.is_empty() && denied.iter().all(|a| a.starts_with("sts:")),
+        "{denied:?}"
+    );
 }
 
 /// An STS that accepts connections and never answers: what the claim must

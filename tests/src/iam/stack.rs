@@ -40,10 +40,21 @@ impl Stack {
     /// `runner-userdata iam-policy` for this stack's table, region and
     /// account (the instance role the agent would run with).
     pub async fn instance_role_policy(&self) -> Value {
+        self.instance_role_policy_with(None).await
+    }
+
+    /// The same with `--job-role-arn`: the policy of an agent configured
+    /// with `[job_credentials] role_arn`.
+    pub async fn instance_role_policy_with(&self, job_role: Option<&str>) -> Value {
         let origin = self.iam_origin().await;
-        let out = std::process::Command::new(crate::agent::userdata_binary())
+        let mut command = std::process::Command::new(crate::agent::userdata_binary());
+        command
             .args(["iam-policy", "--table", &self.cp.table])
-            .args(["--region", crate::REGION, "--account", &origin.account])
+            .args(["--region", crate::REGION, "--account", &origin.account]);
+        if let Some(role) = job_role {
+            command.args(["--job-role-arn", role]);
+        }
+        let out = command
             .output()
             .expect("runner-userdata runs");
         assert!(
