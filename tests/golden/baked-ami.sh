@@ -110,6 +110,7 @@ Description=GitHub Actions runner pool agent
 Wants=network-online.target
 After=network-online.target
 After=docker.service
+After=nftables.service
 [Service]
 Type=notify
 ExecStart=/usr/bin/runner-agent run

@@ -210,6 +210,7 @@ Description=GitHub Actions runner pool agent
 Wants=network-online.target
 After=network-online.target
 After=docker.service
+After=nftables.service
 [Service]
 Type=notify
 ExecStart=/usr/local/bin/runner-agent run

@@ -6,6 +6,7 @@ mod artifacts;
 mod cli;
 mod dynamodb_faults;
 mod faults;
+mod firewall;
 mod hardened;
 mod hostile;
 mod iam;

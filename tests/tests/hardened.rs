@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Set in the inner run; its value is the outer run's network namespace.
 const INNER_ENV: &str = "RA_HARDENED_OUTER_NETNS";
 
-fn netns() -> String {
+pub(crate) fn netns() -> String {
     let link = std::fs::read_link("/proc/self/ns/net").expect("reading /proc/self/ns/net");
     link.to_string_lossy().into_owned()
 }
@@ -23,7 +23,7 @@ fn netns() -> String {
 /// Runs `test` (its full name in this binary) again in a new network
 /// namespace and asserts it passed there. Returns true when this *is* the
 /// inner run, which then does the work.
-fn in_private_netns(test: &str) -> bool {
+pub(crate) fn in_private_netns(test: &str) -> bool {
     if let Ok(outer) = std::env::var(INNER_ENV) {
         // The guard on which everything below relies.
         assert_ne!(netns(), outer, "not in a private network namespace");
@@ -47,14 +47,14 @@ fn in_private_netns(test: &str) -> bool {
     false
 }
 
-fn sh(args: &[&str]) -> Output {
+pub(crate) fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(out.status.success(), "{args:?}: {out:?}");
     out
 }
 
 /// A loopback listener that accepts (and drops) connections for ever.
-fn listen(addr: &str) -> SocketAddr {
+pub(crate) fn listen(addr: &str) -> SocketAddr {
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let local = listener.local_addr().unwrap();
     std::thread::spawn(move || for _ in listener.incoming() {});
@@ -63,7 +63,7 @@ fn listen(addr: &str) -> SocketAddr {
 
 /// Whether a TCP connection to `addr` succeeds, as root or as `user`
 /// (uid, gid and no other groups, as the runner gets them).
-fn connects(addr: SocketAddr, user: Option<&TestUser>) -> Result<(), String> {
+pub(crate) fn connects(addr: SocketAddr, user: Option<&TestUser>) -> Result<(), String> {
     let mut command = Command::new("timeout");
     command.arg("5");
     if let Some(u) = user {
@@ -83,11 +83,11 @@ fn connects(addr: SocketAddr, user: Option<&TestUser>) -> Result<(), String> {
     }
 }
 
-fn nft_tables() -> String {
+pub(crate) fn nft_tables() -> String {
     String::from_utf8(sh(&["nft", "list", "tables"]).stdout).unwrap()
 }
 
-fn config(dir: &std::path::Path, user: &str, addresses: &[&str]) -> std::path::PathBuf {
+pub(crate) fn config(dir: &std::path::Path, user: &str, addresses: &[&str]) -> std::path::PathBuf {
     let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     let text = format!(
         "table = \"acme-widgets-pool\"\n[github]\nurl = \"https://github.com/acme/widgets\"\n\
@@ -103,7 +103,7 @@ fn config(dir: &std::path::Path, user: &str, addresses: &[&str]) -> std::path::P
     path
 }
 
-fn firewall(config: &std::path::Path, action: &str, endpoint: &str) -> Output {
+pub(crate) fn firewall(config: &std::path::Path, action: &str, endpoint: &str) -> Output {
     let out = Command::new(agent_binary())
         .args(["firewall", action, "--config"])
         .arg(config)
@@ -137,10 +137,11 @@ fn firewall_rejects_only_the_runner_user_and_goes_away() {
         "{out:?}"
     );
     let table = sh(&["nft", "list", "table", "inet", "runner_agent"]);
-    let rules = String::from_utf8_lossy(&table.stdout)
-        .matches("skuid")
-        .count();
-    assert_eq!(rules, 4, "{}", String::from_utf8_lossy(&table.stdout));
+    // Two per family; the endpoint, on loopback, by its port only.
+    let listing = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(listing.matches("skuid").count(), 5, "{listing}");
+    let port_rule = format!("ip daddr 127.0.0.3 tcp dport {}", endpoint.port());
+    assert!(listing.contains(&port_rule), "{listing}");
 
     for blocked in [listed, listed_v6, endpoint] {
         let err = connects(blocked, Some(&user)).expect_err(&format!("{blocked} reachable"));
@@ -159,11 +160,12 @@ fn firewall_rejects_only_the_runner_user_and_goes_away() {
 
 /// The whole agent in the namespace: the fake IMDS is the endpoint
 /// override, on loopback; DynamoDB is unreachable there (moto is on the
-/// host's loopback), which the agent survives until it is stopped.
+/// host's loopback), which the agent survives until it is stopped. The
+/// table stays after it stops, until removed by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_reads_imds_that_its_runner_user_cannot_until_it_stops() {
+async fn the_agent_reads_imds_that_its_runner_user_cannot_even_after_it_stops() {
     if !in_private_netns(
-        "hardened::the_agent_reads_imds_that_its_runner_user_cannot_until_it_stops",
+        "hardened::the_agent_reads_imds_that_its_runner_user_cannot_even_after_it_stops",
     ) {
         return;
     }
@@ -214,8 +216,12 @@ async fn the_agent_reads_imds_that_its_runner_user_cannot_until_it_stops() {
         .expect("the agent stops within 60 s")
         .unwrap();
     assert!(status.success(), "{status:?}\n{}", log_text());
-    assert!(!nft_tables().contains("runner_agent"), "{}", nft_tables());
-    connects(imds_addr, Some(&user)).expect("reachable after the agent stopped");
+    // The table outlives the agent: no gap before the next one starts.
+    assert!(nft_tables().contains("runner_agent"), "{}", nft_tables());
+    let err = connects(imds_addr, Some(&user)).expect_err("reachable after the agent stopped");
+    assert!(err.contains("refused"), "{err}");
+    firewall(&config, "remove", &imds.endpoint);
+    connects(imds_addr, Some(&user)).expect("reachable once the table is removed");
 }
 
 /// No `nft` on PATH: the agent must not serve without its firewall.
@@ -240,10 +246,10 @@ fn the_agent_refuses_to_start_without_its_firewall() {
 
 /// Group `name`, created for the test if the host has none (and then
 /// removed when dropped).
-struct TestGroup(Option<&'static str>);
+pub(crate) struct TestGroup(Option<&'static str>);
 
 impl TestGroup {
-    fn ensure(name: &'static str) -> TestGroup {
+    pub(crate) fn ensure(name: &'static str) -> TestGroup {
         if Command::new("getent")
             .args(["group", name])
             .output()
