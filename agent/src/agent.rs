@@ -113,6 +113,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let user = RunnerUser::resolve(settings.runner.user.as_deref()).context("runner user")?;
+    // Decided first: a required rootless Docker that cannot run ends the
+    // start before anything changes on the host.
+    let rootless = crate::hardening::rootless::plan(&settings, user.as_ref())
+        .context("hardened mode: rootless docker (hardening.docker)")?;
     // Before anything can start the runner; an error here ends the start.
     let hardened = crate::hardening::start(&settings, user.as_ref()).await?;
     let result = async {
@@ -124,7 +128,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             () = signals.stopping() => return Ok(()),
         };
         let span = tracing::info_span!("agent", instance_id = %id.instance_id);
-        run_instance(settings, store, state, user, imds, id, signals)
+        run_instance(settings, store, state, user, rootless, imds, id, signals)
             .instrument(span)
             .await
     }
@@ -139,11 +143,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// Everything after the instance is known, inside the `agent` span (so
 /// every log line carries `instance_id`): the background tasks, then the
 /// machine until it stops; the tasks are joined before returning.
+#[allow(clippy::too_many_arguments)] // each is one of `run`'s results
 async fn run_instance(
     settings: Settings,
     store: StateStore,
     mut state: AgentState,
     user: Option<RunnerUser>,
+    rootless: Option<crate::hardening::rootless::Plan>,
     imds: Imds,
     id: Identity,
     signals: OsSignals,
@@ -243,7 +249,19 @@ async fn run_instance(
         metrics,
     };
     let (cgroup, refusal) = runner_cgroup(&settings, &id.instance_id);
-    let control = RunnerControl::new(
+    // Before the first registration (and the reset's baseline): jobs find
+    // it from their first step.
+    let docker = match rootless {
+        Some(plan) => plan
+            .start(cgroup.clone())
+            .await
+            .context("hardened mode: starting rootless docker for the runner user")?,
+        None => None,
+    };
+    if let Some(docker) = &docker {
+        tasks.spawn(docker.clone().supervise(stop.clone()).in_current_span());
+    }
+    let mut control = RunnerControl::new(
         &settings.runner,
         &settings.github,
         user.clone(),
@@ -251,13 +269,17 @@ async fn run_instance(
     )
     .for_pool(&id.instance_id, &settings.table)
     .allow_weaker(settings.reset.allow_weaker);
+    if let Some(docker) = &docker {
+        control = control.with_env("DOCKER_HOST", docker.host());
+    }
     let resetter = Resetter::new(
         &settings.reset,
         &settings.runner,
         &settings.state_dir,
         user.clone(),
         cgroup.clone(),
-    );
+    )
+    .with_rootless(docker.clone());
     let host = LocalHost {
         refusal,
         control,
@@ -279,6 +301,10 @@ async fn run_instance(
     crate::notify::stopping();
     stop.cancel();
     join_all(tasks).await;
+    // After the runner (the machine stopped it), before its cgroup goes.
+    if let Some(docker) = docker {
+        docker.stop().await;
+    }
     if let Some(cgroup) = cgroup {
         cgroup.remove();
     }

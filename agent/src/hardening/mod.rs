@@ -11,6 +11,7 @@
 
 pub mod firewall;
 pub mod isolation;
+pub mod rootless;
 
 use crate::config::{HardeningSettings, Settings};
 use crate::runner::user::RunnerUser;
@@ -145,6 +146,7 @@ mod tests {
         HardeningSettings {
             enabled: true,
             metadata_addresses: list.iter().map(|a| a.parse().unwrap()).collect(),
+            docker: Default::default(),
         }
     }
 
