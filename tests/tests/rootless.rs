@@ -147,7 +147,10 @@ fn assert_blocked(log: &str, host: &str) {
         );
         assert!(log.contains(&refused), "{net}: {log}");
         // The container's network works: only the metadata is refused.
-        assert!(log.contains(&format!("{net} {OPEN}: hello")), "{net}: {log}");
+        assert!(
+            log.contains(&format!("{net} {OPEN}: hello")),
+            "{net}: {log}"
+        );
     }
 }
 
@@ -157,10 +160,9 @@ fn assert_blocked(log: &str, host: &str) {
 /// IMDS; each release kills and restarts the daemon and leaves none of the
 /// run's containers or volumes; the agent's stop stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_after_each_release()
-{
+async fn jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_after_each_release() {
     if !in_private_netns(
-        "jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_after_each_release",
+        "rootless::jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_after_each_release",
     ) {
         return;
     }
@@ -221,7 +223,11 @@ async fn jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_afte
         let fresh = rootlesskit_of(&user);
         assert_eq!(fresh.len(), 1, "run {n}: {fresh:?}");
         assert_ne!(fresh, daemon, "run {n}: the daemon was not restarted");
-        assert_eq!(docker(&host, &["ps", "-aq"]), Vec::<String>::new(), "run {n}");
+        assert_eq!(
+            docker(&host, &["ps", "-aq"]),
+            Vec::<String>::new(),
+            "run {n}"
+        );
         let volumes = docker(&host, &["volume", "ls", "-q"]);
         assert!(volumes.is_empty(), "run {n}: {volumes:?}");
         assert_eq!(docker(&host, &["image", "ls", "-q", IMAGE]).len(), 1);
@@ -239,6 +245,13 @@ async fn jobs_get_a_rootless_docker_that_cannot_reach_metadata_and_is_fresh_afte
         .collect();
     assert_eq!(restarts.len(), 2, "{log}");
     eprintln!("measured: rootless docker restart in the reset (ms): {restarts:?}");
+    // The release's own lines, with their timestamps, for the report.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("\"deregistered\"") || l.contains("\"instance reset\""))
+    {
+        eprintln!("measured: {line}");
+    }
 
     agent.kill(libc::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(60)).await;

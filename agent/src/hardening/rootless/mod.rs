@@ -219,16 +219,7 @@ impl Held<'_> {
             let _ = old.start_kill();
             let _ = old.wait().await;
         }
-        // The killed dockerd's pid file: were its pid reused by now, the
-        // new dockerd would refuse to start. No process of the user is
-        // left to own it; the directory is one the user cannot swap
-        // (`owned_dir`), and unlink does not follow a link.
-        let pidfile = self.docker.plan.runtime_dir.join("docker.pid");
-        if let Err(e) = std::fs::remove_file(&pidfile) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %pidfile.display(), error = %e, "removing the old dockerd's pid file");
-            }
-        }
+        self.docker.remove_pid_files();
         self.docker.spawn_and_wait(&mut self.child).await
     }
 }
@@ -366,6 +357,27 @@ impl RootlessDocker {
                 });
             }
             tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The killed dockerd's and containerd's pid files. A pid in them
+    /// that is still taken (reused, or a zombie its new parent has not
+    /// reaped yet) makes the new dockerd refuse to start, or wait for a
+    /// containerd that is not there until it gives up. No process of the
+    /// user is left to own them. The runtime dir is the user's: walked
+    /// without following links (`nofollow`).
+    fn remove_pid_files(&self) {
+        let dir = &self.plan.runtime_dir;
+        let removed = crate::nofollow::DirFd::open(dir).and_then(|root| {
+            let Some(root) = root else { return Ok(0) };
+            let mut n = 0;
+            for file in ["docker.pid", "docker/containerd/containerd.pid"] {
+                n += root.remove_path(Path::new(file))?;
+            }
+            Ok(n)
+        });
+        if let Err(e) = removed {
+            tracing::warn!(path = %dir.display(), error = %e, "removing the old daemon's pid files");
         }
     }
 
