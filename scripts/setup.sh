@@ -24,6 +24,12 @@ command -v nft >/dev/null || need_debs+=(nftables)
 command -v ip >/dev/null || need_debs+=(iproute2)
 { command -v unshare && command -v setpriv; } >/dev/null || need_debs+=(util-linux)
 command -v sudo >/dev/null || need_debs+=(sudo)
+# Hardened mode's rootless Docker for the runner user (tests/tests/
+# rootless.rs): docker.io's dockerd-rootless.sh runs rootlesskit, which
+# needs slirp4netns and uidmap's setuid newuidmap/newgidmap.
+command -v rootlesskit >/dev/null || need_debs+=(rootlesskit)
+command -v slirp4netns >/dev/null || need_debs+=(slirp4netns)
+command -v newuidmap >/dev/null || need_debs+=(uidmap)
 # Hostile jobs persist through the real crontab and at (their spools are
 # what the reset clears); ipcmk (util-linux) makes their SysV objects.
 command -v crontab >/dev/null || need_debs+=(cron)
@@ -33,6 +39,13 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
+fi
+# slirp4netns opens /dev/net/tun as the runner user: Debian's udev rule
+# makes it 0666, but CI containers often have it 0600 (root only), and
+# the rootless tests would fail to start their daemon.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO chmod 666 /dev/net/tun
 fi
 rustup target list --installed | grep -qx "$MUSL_TARGET" || rustup target add "$MUSL_TARGET"
 if [ ! -x "$VENV/bin/moto_server" ]; then

@@ -114,6 +114,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let user = RunnerUser::resolve(settings.runner.user.as_deref()).context("runner user")?;
+    // Decided first: a required rootless Docker that cannot run ends the
+    // start before anything changes on the host.
+    let rootless = crate::hardening::rootless::plan(&settings, user.as_ref())
+        .context("hardened mode: rootless docker (hardening.docker)")?;
     // Before anything can start the runner; an error here ends the start.
     // The firewall stays after the agent exits (hardening/mod.rs).
     let firewall = crate::hardening::start(&settings, user.as_ref()).await?;
@@ -129,6 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         state,
         user,
         firewall,
+        rootless,
     };
     run_instance(settings, prepared, imds, id, signals)
         .instrument(span)
@@ -142,6 +147,8 @@ struct Prepared {
     user: Option<RunnerUser>,
     /// Hardened mode's table, installed.
     firewall: Option<Installed<Nft>>,
+    /// Hardened mode's rootless Docker, when it is to run.
+    rootless: Option<crate::hardening::rootless::Plan>,
 }
 
 /// Everything after the instance is known, inside the `agent` span (so
@@ -159,6 +166,7 @@ async fn run_instance(
         mut state,
         user,
         firewall,
+        rootless,
     } = prepared;
     tracing::info!(region = %id.region, initial_run_id = ?id.initial_run_id, table = %settings.table, "starting");
     if state
@@ -267,7 +275,19 @@ async fn run_instance(
         metrics,
     };
     let (cgroup, refusal) = runner_cgroup(&settings, &id.instance_id);
-    let control = RunnerControl::new(
+    // Before the first registration (and the reset's baseline): jobs find
+    // it from their first step.
+    let docker = match rootless {
+        Some(plan) => plan
+            .start(cgroup.clone())
+            .await
+            .context("hardened mode: starting rootless docker for the runner user")?,
+        None => None,
+    };
+    if let Some(docker) = &docker {
+        tasks.spawn(docker.clone().supervise(stop.clone()).in_current_span());
+    }
+    let mut control = RunnerControl::new(
         &settings.runner,
         &settings.github,
         user.clone(),
@@ -275,13 +295,17 @@ async fn run_instance(
     )
     .for_pool(&id.instance_id, &settings.table)
     .allow_weaker(settings.reset.allow_weaker);
+    if let Some(docker) = &docker {
+        control = control.with_env("DOCKER_HOST", docker.host());
+    }
     let resetter = Resetter::new(
         &settings.reset,
         &settings.runner,
         &settings.state_dir,
         user.clone(),
         cgroup.clone(),
-    );
+    )
+    .with_rootless(docker.clone());
     let host = LocalHost {
         refusal,
         control,
@@ -304,6 +328,10 @@ async fn run_instance(
     crate::notify::stopping();
     stop.cancel();
     join_all(tasks).await;
+    // After the runner (the machine stopped it), before its cgroup goes.
+    if let Some(docker) = docker {
+        docker.stop().await;
+    }
     if let Some(cgroup) = cgroup {
         cgroup.remove();
     }

@@ -89,29 +89,7 @@ impl Dockerd {
     }
 
     fn import_busybox(&self) {
-        let rootfs = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::create_dir_all(rootfs.join("data")).unwrap();
-        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep", "echo", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .args(["-cf", "-", "."])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Command::new("docker")
-            .arg("--host")
-            .arg(self.host())
-            .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar of the rootfs");
-        assert!(out.status.success(), "docker import: {out:?}");
+        import_busybox(&self.host(), self.dir.path());
     }
 
     /// Stops the daemon (SIGTERM, as systemd would); for tests of a
@@ -130,6 +108,34 @@ impl Dockerd {
             let _ = child.wait();
         }
     }
+}
+
+/// Imports [`IMAGE`] into the daemon at `host` (as root, which may use
+/// any daemon's socket), its rootfs made under `scratch`: the static
+/// busybox and a few applets (`nc` for the network tests).
+pub fn import_busybox(host: &str, scratch: &Path) {
+    let rootfs = scratch.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("data")).unwrap();
+    std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "echo", "cat", "nc", "id"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Command::new("docker")
+        .args(["--host", host])
+        .args(["import", "-", IMAGE])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(tar.wait().unwrap().success(), "tar of the rootfs");
+    assert!(out.status.success(), "docker import: {out:?}");
 }
 
 /// The static busybox (Debian busybox-static).

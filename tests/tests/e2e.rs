@@ -18,6 +18,7 @@ mod matrix;
 mod metrics;
 mod orphan;
 mod reset;
+mod rootless;
 mod supervision;
 mod userdata;
 mod userdata_e2e;

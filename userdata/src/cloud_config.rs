@@ -20,12 +20,7 @@ pub fn render(plan: &Plan) -> String {
     );
     if let (true, OsChoice::Fixed(family)) = (plan.packages, plan.os) {
         y.push_str("package_update: true\npackages:\n");
-        for p in family
-            .packages()
-            .iter()
-            .copied()
-            .chain(plan.extra_packages.iter().map(String::as_str))
-        {
+        for p in plan.package_list(family) {
             let _ = writeln!(y, "  - {}", scalar(p));
         }
     }

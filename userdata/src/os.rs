@@ -114,6 +114,21 @@ impl OsFamily {
     }
 }
 
+impl OsFamily {
+    /// What hardened mode's rootless Docker for the runner user needs
+    /// beyond `packages` (the agent runs `docker.io`'s
+    /// `dockerd-rootless.sh`): rootlesskit, slirp4netns for the daemon's
+    /// network, uidmap's setuid `newuidmap`/`newgidmap`. Amazon Linux 2023
+    /// packages none of them: there hardened jobs get no docker (the
+    /// agent's `hardening.docker = "auto"` warns).
+    pub fn rootless_packages(self) -> &'static [&'static str] {
+        match self {
+            OsFamily::AmazonLinux2023 => &[],
+            _ => &["rootlesskit", "slirp4netns", "uidmap"],
+        }
+    }
+}
+
 impl OsChoice {
     pub fn parse(text: &str) -> Result<OsChoice, String> {
         if text == "auto" {

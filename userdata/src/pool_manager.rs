@@ -53,6 +53,8 @@ pub fn render(plan: &Plan) -> String {
                 s,
                 "! id -nG {q} | tr ' ' '\\n' | grep -qx docker || gpasswd -d {q} docker >/dev/null"
             );
+            // Rootless docker's slirp4netns opens it as the user (shell.rs).
+            s.push_str("[ ! -c /dev/net/tun ] || chmod 666 /dev/net/tun\n");
         } else {
             let _ = writeln!(
                 s,

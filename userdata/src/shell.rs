@@ -217,8 +217,7 @@ skip_docker() {
     );
     s.push_str("case \"$os\" in\n");
     for family in plan.os.families() {
-        let mut list: Vec<&str> = family.packages().to_vec();
-        list.extend(plan.extra_packages.iter().map(String::as_str));
+        let list = plan.package_list(family);
         let _ = writeln!(s, "    {}) packages=({}) ;;", family.name(), list.join(" "));
     }
     s.push_str("esac\n");
@@ -284,12 +283,19 @@ fi
 "#
     );
     if plan.hardened {
-        // The docker socket is root: hardened mode keeps the user out.
+        // The docker socket is root: hardened mode keeps the user out, and
+        // the agent runs a rootless daemon as the user instead, whose
+        // slirp4netns opens /dev/net/tun as the user (Debian and Ubuntu
+        // make it 0666; some images 0600).
         let _ = write!(
             s,
             r#"if id -nG {q} | tr ' ' '\n' | grep -qx docker; then
     gpasswd -d {q} docker >/dev/null
     log "removed "{q}" from group docker (hardened mode)"
+fi
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    chmod 666 /dev/net/tun
+    log "/dev/net/tun made 0666 for rootless docker (hardened mode)"
 fi
 "#
         );

@@ -50,6 +50,7 @@ pub async fn run(config: &Path) -> ExitCode {
     report.line("isolation", isolation(&settings).await);
     if settings.hardening.enabled {
         report.line("firewall", nft_version().await);
+        report.line("docker", crate::hardening::rootless::describe(&settings));
     }
     report.line("state dir", writable(&settings.state_dir));
     report.line("runner dir", runner_dir(&settings).await);

@@ -20,6 +20,7 @@
 pub mod firewall;
 pub mod guard;
 pub mod isolation;
+pub mod rootless;
 pub mod targets;
 
 use crate::config::Settings;

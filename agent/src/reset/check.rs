@@ -152,16 +152,23 @@ impl Resetter {
                 .map(|p| format!("{} ({})", p.pid, p.name_lossy()))
                 .collect()
         };
+        // The runner user's rootless daemon, which the reset started.
+        let spared = self.rootless_tree(&live);
         if let Some(cgroup) = &self.cgroup {
-            let members = cgroup.members().map_err(|e| fail(e.to_string()))?;
+            let members: Vec<i32> = cgroup
+                .members()
+                .map_err(|e| fail(e.to_string()))?
+                .into_iter()
+                .filter(|pid| !spared.contains(pid))
+                .collect();
             none(Invariant::Processes, "in the runner's cgroup", &members)?;
             // Listed again from every process's own cgroup file: a group
             // file that lied (or a member below it) is caught here.
-            let inside = named(&|p| p.in_cgroup(cgroup.path()));
+            let inside = named(&|p| p.in_cgroup(cgroup.path()) && !spared.contains(&p.pid));
             none(Invariant::Processes, "in the runner's cgroup", &inside)?;
         }
         if let Some(user) = &self.user {
-            let left = named(&|p| p.has_uid(user.uid.as_raw()));
+            let left = named(&|p| p.has_uid(user.uid.as_raw()) && !spared.contains(&p.pid));
             none(Invariant::Processes, "of the runner user", &left)?;
         }
         Ok(())

@@ -211,8 +211,19 @@ impl Docker {
                 .await?
                 .into_iter()
                 .collect(),
+            // User-defined ones only: `bridge`, `host` and `none` are
+            // the daemon's, cannot be removed, and `bridge` gets a new id
+            // whenever the daemon starts (the rootless daemon is restarted
+            // by every reset).
             networks: self
-                .ids(&["network", "ls", "-q", "--no-trunc"])
+                .ids(&[
+                    "network",
+                    "ls",
+                    "-q",
+                    "--no-trunc",
+                    "--filter",
+                    "type=custom",
+                ])
                 .await?
                 .into_iter()
                 .collect(),

@@ -14,6 +14,7 @@ pub mod health;
 mod home;
 mod persist;
 mod procs;
+mod rootless;
 
 use crate::config::{DockerMode, ImageMode, ResetSettings, RunnerSettings};
 use crate::runner::user::RunnerUser;
@@ -54,6 +55,9 @@ pub struct Resetter {
     last_check: std::sync::Mutex<Option<crate::state::CheckRecord>>,
     cgroup: Option<Arc<RunnerCgroup>>,
     docker: Docker,
+    /// The runner user's own daemon (hardened mode), restarted by each
+    /// reset (`rootless.rs`); `docker` is then aimed at it.
+    rootless: Option<Arc<crate::hardening::rootless::RootlessDocker>>,
     stop_timeout: std::time::Duration,
 }
 
@@ -95,6 +99,7 @@ impl Resetter {
             user,
             home,
             cgroup,
+            rootless: None,
             stop_timeout: runner.stop_timeout,
         }
     }
@@ -137,7 +142,8 @@ impl Resetter {
         if self.load_baseline().is_some() {
             return;
         }
-        let docker = if self.settings.docker != DockerMode::Off && self.docker.installed() {
+        let wanted = self.rootless.is_some() || self.settings.docker != DockerMode::Off;
+        let docker = if wanted && self.docker.installed() {
             match self.docker.inventory().await {
                 Ok(inventory) => Some(inventory),
                 Err(e) => {
@@ -194,8 +200,14 @@ impl Resetter {
     async fn steps(&self) -> Result<String, ResetError> {
         let started = std::time::Instant::now();
         let baseline = self.load_baseline().unwrap_or_default();
+        // The runner user's daemon dies in the sweep; it is started again
+        // after the last one, and cleaned then.
+        let held = self.hold_rootless().await;
         let mut done = vec![self.processes().await?];
-        let docker = self.docker_in_use(&baseline).await?;
+        let mut docker = match held {
+            Some(_) => None,
+            None => self.docker_in_use(&baseline).await?,
+        };
         if let Some(inventory) = &docker {
             done.push(self.docker_steps(inventory).await?);
         }
@@ -213,6 +225,11 @@ impl Resetter {
             procs::kill_user(user.uid)
                 .await
                 .map_err(ResetError::step("killing the runner user's processes"))?;
+        }
+        if let Some(held) = held {
+            let (inventory, summary) = self.restart_rootless(held, &baseline).await?;
+            done.push(summary);
+            docker = Some(inventory);
         }
         let checked = std::time::Instant::now();
         let verdict = self.check(docker.as_ref()).await;

@@ -152,6 +152,12 @@ impl RunnerControl {
         self
     }
 
+    /// Jobs also find `name=value` (`DOCKER_HOST` of the rootless daemon).
+    pub fn with_env(mut self, name: &'static str, value: &str) -> RunnerControl {
+        self.job_env.push((name, value.to_owned()));
+        self
+    }
+
     /// `reset.allow_weaker`: a cgroup that cannot be joined is only logged.
     pub fn allow_weaker(mut self, allow: bool) -> RunnerControl {
         self.allow_weaker = allow;

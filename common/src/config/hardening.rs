@@ -3,6 +3,7 @@
 //! fleet-actions pool does not use.
 
 use super::keys::Keys;
+use super::rootless::RootlessSettings;
 use super::{ConfigError, ResetSettings, RunnerSettings};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -24,6 +25,9 @@ const DEFAULT_METADATA_ADDRESSES: &[&str] = &[
 pub(super) struct RawHardening {
     pub enabled: Option<bool>,
     pub metadata_addresses: Option<Vec<String>>,
+    pub docker: Option<String>,
+    pub docker_data_root: Option<std::path::PathBuf>,
+    pub docker_runtime_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +36,8 @@ pub struct HardeningSettings {
     /// Addresses the runner user may not reach (the agent adds the host of
     /// its IMDS endpoint override, if any).
     pub metadata_addresses: Vec<IpAddr>,
+    /// The runner user's rootless Docker daemon (`rootless.rs`).
+    pub docker: RootlessSettings,
 }
 
 impl RawHardening {
@@ -51,9 +57,16 @@ impl RawHardening {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let docker = RootlessSettings::parse(
+            at,
+            self.docker.as_deref(),
+            self.docker_data_root,
+            self.docker_runtime_dir,
+        )?;
         Ok(HardeningSettings {
             enabled: self.enabled.unwrap_or(false),
             metadata_addresses,
+            docker,
         })
     }
 }

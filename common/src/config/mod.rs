@@ -18,6 +18,7 @@ mod keys;
 mod metrics;
 mod raw;
 mod reset;
+mod rootless;
 mod runner;
 mod timing;
 mod validate;
@@ -35,6 +36,7 @@ pub use metrics::MetricsSettings;
 pub use reset::{
     parse_size, DockerMode, ImageMode, ResetSettings, DEFAULT_HOME_PATHS, DEFAULT_TEMP_DIRS,
 };
+pub use rootless::{RootlessMode, RootlessSettings};
 pub use runner::{parse_runner_version, RunnerSettings, RunnerVersion};
 pub use timing::Timing;
 pub use validate::is_table_name;

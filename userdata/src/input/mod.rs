@@ -155,6 +155,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What is installed on `family`: the runner's packages, rootless
+    /// Docker's in hardened mode, then the operator's extras.
+    pub fn package_list(&self, family: crate::os::OsFamily) -> Vec<&str> {
+        let rootless = match self.hardened {
+            true => family.rootless_packages(),
+            false => &[],
+        };
+        let mut list: Vec<&str> = family.packages().to_vec();
+        list.extend(rootless);
+        list.extend(self.extra_packages.iter().map(String::as_str));
+        list
+    }
+
     /// Reads and validates `path` (or only `overrides` when `path` is
     /// `None`). Relative paths inside the file are relative to it.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Plan, InputError> {

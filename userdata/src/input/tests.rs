@@ -144,6 +144,16 @@ fn hardened_input_turns_hardened_mode_on_in_the_agent_config() {
             let script = String::from_utf8(crate::render(&plan, false).unwrap().bytes).unwrap();
             assert!(script.contains("gpasswd -d 'runner' docker"), "{script}");
             assert!(!script.contains("usermod -aG docker"), "{script}");
+            // What the agent's rootless docker for the user needs.
+            assert!(script.contains("chmod 666 /dev/net/tun"), "{script}");
+            assert!(
+                script.contains("debian-12) packages=(ca-certificates curl docker.io git gzip libicu72 libkrb5-3 libssl3 tar zlib1g rootlesskit slirp4netns uidmap)"),
+                "{script}"
+            );
+            assert!(
+                !script.contains("libicu74 libkrb5-3 libssl3t64 tar zlib1g)"),
+                "{script}"
+            );
         }
     }
     // Off by default: the user joins docker as before.
@@ -156,6 +166,8 @@ fn hardened_input_turns_hardened_mode_on_in_the_agent_config() {
     );
     let script = String::from_utf8(crate::render(&plan, false).unwrap().bytes).unwrap();
     assert!(script.contains("usermod -aG docker 'runner'"), "{script}");
+    assert!(!script.contains("rootlesskit"), "{script}");
+    assert!(!script.contains("/dev/net/tun"), "{script}");
 }
 
 #[test]
