@@ -54,9 +54,7 @@ impl Stack {
         if let Some(role) = job_role {
             command.args(["--job-role-arn", role]);
         }
-        let out = command
-            .output()
-            .expect("runner-userdata runs");
+        let out = command.output().expect("runner-userdata runs");
         assert!(
             out.status.success(),
             "{}",
