@@ -9,6 +9,7 @@ use crate::hardening::guard::{Installed, Nft};
 use crate::host::LocalHost;
 use crate::imds::{Imds, TAG_INITIAL_RUN_ID};
 use crate::machine::{Events, Machine, Setup, SystemClock, Timing, World};
+use crate::os_signals::{forward_os_signals, OsSignals};
 use crate::reset::cgroup::RunnerCgroup;
 use crate::reset::Resetter;
 use crate::runner::user::RunnerUser;
@@ -18,7 +19,6 @@ use crate::table::Table;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -461,70 +461,5 @@ async fn join_all(mut tasks: JoinSet<()>) {
     .await;
     if joined.is_err() {
         tracing::warn!(left = tasks.len(), "background tasks still running at exit");
-    }
-}
-
-/// The signals the agent handles, listened for from its first moment.
-struct OsSignals {
-    /// `None`: tokio could not listen (logged); the default action stays.
-    term: Option<Signal>,
-    int: Option<Signal>,
-    hangup: Option<Signal>,
-}
-
-impl OsSignals {
-    fn listen() -> OsSignals {
-        let listen = |kind: SignalKind, name: &str| {
-            signal(kind)
-                .map_err(|e| tracing::error!(error = %e, "cannot listen for {name}: it would stop the agent"))
-                .ok()
-        };
-        OsSignals {
-            term: listen(SignalKind::terminate(), "SIGTERM"),
-            int: listen(SignalKind::interrupt(), "SIGINT"),
-            hangup: listen(SignalKind::hangup(), "SIGHUP"),
-        }
-    }
-}
-
-impl OsSignals {
-    /// Resolves at SIGTERM or SIGINT (SIGHUP is only logged).
-    async fn stopping(&mut self) {
-        loop {
-            tokio::select! {
-                _ = next(&mut self.term) => tracing::info!("SIGTERM: stopping"),
-                _ = next(&mut self.int) => tracing::info!("SIGINT: stopping"),
-                _ = next(&mut self.hangup) => {
-                    tracing::warn!("SIGHUP: configuration reload is not supported; restart the service to apply changes (systemctl restart runner-agent)");
-                    continue;
-                }
-            }
-            return;
-        }
-    }
-}
-
-/// Resolves at the next `signal`; never when it could not be listened for.
-async fn next(signal: &mut Option<Signal>) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// SIGTERM and SIGINT stop the agent. SIGHUP, the conventional "reload",
-/// is logged and otherwise ignored: the configuration shapes the runner's
-/// registration, install and reset, and changing it under a registered
-/// runner is not safe; a restart (which deregisters cleanly) applies it.
-async fn forward_os_signals(
-    shutdown: CancellationToken,
-    stop: CancellationToken,
-    mut signals: OsSignals,
-) {
-    tokio::select! {
-        () = signals.stopping() => shutdown.cancel(),
-        _ = stop.cancelled() => {}
     }
 }

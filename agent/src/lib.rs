@@ -21,6 +21,7 @@ mod metrics;
 mod nofollow;
 mod notify;
 mod orphan;
+mod os_signals;
 mod pace;
 mod pool;
 mod prerunner;
