@@ -6,13 +6,14 @@
 //! test that runs the agent hardened re-runs itself under `unshare --net`
 //! (as tests/tests/hardened.rs does), with a moto of its own in there.
 
+use crate::hardened::{netns, sh};
 use stack::agent::{agent_binary, AgentSpec};
 use stack::docker::{import_busybox, IMAGE};
 use stack::users::TestUser;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 /// Set in the inner run; its value is the outer run's network namespace.
@@ -22,11 +23,6 @@ const RESET_WAIT: Duration = Duration::from_secs(60);
 /// The metadata address the runner user may not reach, and one it may.
 const METADATA: &str = "169.254.169.254";
 const OPEN: &str = "169.254.169.253";
-
-fn netns() -> String {
-    let link = std::fs::read_link("/proc/self/ns/net").expect("reading /proc/self/ns/net");
-    link.to_string_lossy().into_owned()
-}
 
 /// Runs `test` again in a new network namespace and asserts it passed
 /// there; true when this *is* the inner run. The inner run starts its own
@@ -57,12 +53,6 @@ fn in_private_netns(test: &str) -> bool {
         eprintln!("{line}");
     }
     false
-}
-
-fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    out
 }
 
 /// A listener on `addr` that answers every connection with "hello".
