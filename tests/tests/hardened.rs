@@ -225,21 +225,28 @@ async fn the_agent_reads_imds_that_its_runner_user_cannot_even_after_it_stops() 
 }
 
 /// No `nft` on PATH: the agent must not serve without its firewall.
+/// `runner-agent run` with `config`, a PATH of `dir` only (no `nft`, no
+/// docker) and an unreachable IMDS: it must exit 1; its stderr.
+pub(crate) fn refused_start(config: &std::path::Path, dir: &std::path::Path) -> String {
+    let out = Command::new(agent_binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", dir)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn the_agent_refuses_to_start_without_its_firewall() {
     let user = TestUser::create("ra-test-nonft", &[]);
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), user.name, &["169.254.169.254"]);
-    let out = Command::new(agent_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", dir.path())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&config, dir.path());
     assert!(stderr.contains("refusing to run without it"), "{stderr}");
     assert!(stderr.contains("nftables"), "{stderr}");
 }

@@ -6,8 +6,8 @@
 //! test that runs the agent hardened re-runs itself under `unshare --net`
 //! (as tests/tests/hardened.rs does), with a moto of its own in there.
 
-use crate::hardened::{netns, sh};
-use stack::agent::{agent_binary, AgentSpec};
+use crate::hardened::{netns, refused_start, sh};
+use stack::agent::AgentSpec;
 use stack::docker::{import_busybox, IMAGE};
 use stack::users::TestUser;
 use stack::{Stack, StackOptions, INITIAL_RUN_ID, SIGNAL_WAIT};
@@ -272,16 +272,7 @@ fn a_required_rootless_docker_that_cannot_run_fails_the_start() {
         ),
     )
     .unwrap();
-    let out = Command::new(agent_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", dir.path())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&config, dir.path());
     assert!(stderr.contains("hardening.docker"), "{stderr}");
     for missing in [
         "docker (package docker.io)",

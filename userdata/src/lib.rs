@@ -12,6 +12,7 @@ pub mod os;
 pub mod policy;
 pub mod pool_manager;
 pub mod shell;
+pub mod unit;
 
 use input::{Format, Plan};
 use sha2::{Digest, Sha256};

@@ -96,14 +96,14 @@ pub fn render(plan: &Plan) -> String {
         &mut s,
         UNIT_PATH,
         "644",
-        &shell::unit_text(&plan.agent_path, false),
+        &crate::unit::unit_text(&plan.agent_path, false),
     );
     s.push_str("elif ! grep -qxF \"ExecStart=$a run\" \"$f\"; then\n");
     heredoc(
         &mut s,
         UNIT_DROP_IN,
         "644",
-        &shell::drop_in_text(&plan.agent_path),
+        &crate::unit::drop_in_text(&plan.agent_path),
     );
     s.push_str(TAKE_OVER);
     s

@@ -6,16 +6,14 @@
 use crate::download::FETCH_AGENT;
 use crate::input::{Plan, PRE_RUNNER_PATH};
 use crate::os::{OsChoice, OsFamily, PackageManager};
-use runner_agent_common::unit::{STOCK_EXEC_START, UNIT_FILE};
+
+use crate::unit::{drop_in_text, unit_text, UNIT_MARKER};
 use std::fmt::Write;
 
 pub use runner_agent_common::config::DEFAULT_CONFIG_PATH as CONFIG_PATH;
 pub const UNIT_PATH: &str = "/etc/systemd/system/runner-agent.service";
 pub const SUDOERS_PATH: &str = "/etc/sudoers.d/90-runner-agent";
 pub const UNIT_DROP_IN: &str = "/etc/systemd/system/runner-agent.service.d/10-runner-userdata.conf";
-/// First line of the unit we write, so a later run knows the file is ours.
-const UNIT_MARKER: &str =
-    "# Written by runner-userdata: the agent's unit, with ExecStart at the agent's path.";
 /// Runtime switch for tests and for images that already carry every
 /// package; the script says so in its log when it is set.
 pub const SKIP_PACKAGES_ENV: &str = "RUNNER_USERDATA_SKIP_PACKAGES";
@@ -399,30 +397,6 @@ fi
     );
 }
 
-/// The agent's own unit, with ExecStart pointing at `agent_path`, without
-/// comments and blank lines: the release tarball and docs/operations.md
-/// keep the reasoning, user data has 16 KB for everything. `marker` puts
-/// [`UNIT_MARKER`] first, so that a later run recognises the file as ours.
-pub fn unit_text(agent_path: &str, marker: bool) -> String {
-    let mut text = String::new();
-    if marker {
-        text.push_str(UNIT_MARKER);
-        text.push('\n');
-    }
-    for line in UNIT_FILE.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        if line == STOCK_EXEC_START {
-            text.push_str(&format!("ExecStart={agent_path} run\n"));
-        } else {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    text
-}
-
 fn unit(s: &mut String, plan: &Plan) {
     s.push_str(
         "\n# The unit: ours when there is none (or the one we wrote before); a\n# packaged unit stays, with a drop-in if the agent lives elsewhere.\nunit_file=\nfor dir in /etc/systemd/system /usr/lib/systemd/system /lib/systemd/system; do\n    if [ -f \"$dir/runner-agent.service\" ]; then\n        unit_file=$dir/runner-agent.service\n        break\n    fi\ndone\n",
@@ -451,11 +425,6 @@ fn unit(s: &mut String, plan: &Plan) {
         "unit_changed",
     );
     s.push_str("fi\n");
-}
-
-/// Points a packaged or baked unit at an agent installed elsewhere.
-pub fn drop_in_text(agent_path: &str) -> String {
-    format!("[Service]\nExecStart=\nExecStart={agent_path} run\n")
 }
 
 /// `--no-block`: from cloud-init's final stage, waiting for the job could
@@ -491,12 +460,5 @@ mod tests {
             delimiter("RUNNER_USERDATA_EOF\nRUNNER_USERDATA_EOF_2\n"),
             "RUNNER_USERDATA_EOF_3"
         );
-    }
-
-    #[test]
-    fn unit_points_at_the_agent() {
-        let unit = unit_text("/usr/local/bin/runner-agent", true);
-        assert!(unit.starts_with(UNIT_MARKER));
-        assert!(unit.contains("\nExecStart=/usr/local/bin/runner-agent run\n"));
     }
 }
